@@ -1,0 +1,280 @@
+"""Find and load a model for the Engine: a local diffusers folder, a hub id, or ``builtin:NAME``.
+
+Two kinds of model go through one path:
+- ``"sdxl"``: any `StableDiffusionXLPipeline`-compatible folder (both text encoders, VAE, a UNet with
+  SDXL's ``text_time`` added conditioning). SDXL-Turbo is the same architecture; it is recognised by its
+  scheduler's ``"trailing"`` timestep spacing or a name containing ``turbo``.
+- ``"pixel"``: a folder with a ``noisefast_model.json`` (the built-in models): one CLIP text encoder,
+  no VAE, the UNet works directly in pixel space.
+
+A hub id is looked up in the local Hugging Face cache first; only when that misses (and the hub is not
+switched off with ``HF_HUB_OFFLINE=1``) is it downloaded. Whatever fails, the error says how to pass a
+local folder instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+BUILTIN_PREFIX = "builtin:"
+PIXEL_MODEL_FILE = "noisefast_model.json"
+DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+}
+
+
+class NoisefastError(ValueError):
+    """A user-facing error (bad model, bad input): the command line prints it and exits with code 2."""
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """Per-model generation settings; every field can be overridden per call."""
+
+    family: str  # "sdxl", "sdxl-turbo" or "pixel"
+    height: int
+    width: int
+    steps: int  # DDIM denoising steps N
+    inversion_steps: int  # DDIM inversion steps N'
+    guidance_scale: float  # w_d (> 1 runs classifier-free guidance)
+    inversion_guidance_scale: float  # w_i
+
+
+# SDXL: diffusers' default 50 DDIM steps at 1024², CFG 5.5 (the paper's SDXL setting), conditional-only
+# inversion. SDXL-Turbo: its model card's 512², one step, no guidance; one inversion step.
+SDXL_DEFAULTS = ModelDefaults("sdxl", 1024, 1024, 50, 50, 5.5, 1.0)
+TURBO_DEFAULTS = ModelDefaults("sdxl-turbo", 512, 512, 1, 1, 0.0, 1.0)
+FAMILIES = ("sdxl", "sdxl-turbo", "pixel")
+
+
+def resolve_dtype(dtype, device: torch.device, kind: str = "sdxl") -> torch.dtype:
+    """``None`` → fp16 for latent models on CUDA, else fp32; strings like ``"fp16"``/``"bf16"`` accepted."""
+    if dtype is None:
+        return torch.float16 if device.type == "cuda" and kind == "sdxl" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in DTYPES:
+        return DTYPES[dtype.lower()]
+    raise NoisefastError(f"unknown dtype {dtype!r}; use one of {sorted(set(DTYPES))}")
+
+
+def resolve_device(device) -> torch.device:
+    """``None`` → CUDA when available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise NoisefastError(f"unknown device {device!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise NoisefastError(f"device {device!r} requested but CUDA is not available on this machine (use --device cpu)")
+    return dev
+
+
+def _local_folder_hint(spec: str) -> str:
+    return (
+        f"To use a model you already have on disk, pass its folder instead: --model /path/to/folder "
+        f"(a diffusers pipeline folder with model_index.json, e.g. made by "
+        f"StableDiffusionXLPipeline.from_pretrained({spec!r}).save_pretrained('/path/to/folder') on a machine "
+        f"with network access), or run without --model to use the built-in model (builtin:digits)."
+    )
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
+
+
+def resolve_folder(spec: str | os.PathLike, *, variant: str | None = None) -> Path:
+    """The local folder holding ``spec``: itself, a built-in model's folder, or the hub cache snapshot."""
+    spec_str = os.fspath(spec)
+    if spec_str.startswith(BUILTIN_PREFIX):
+        from noisefast.builtin import builtin_model_path
+
+        name = spec_str[len(BUILTIN_PREFIX):]
+        try:
+            return Path(builtin_model_path(name))
+        except (KeyError, ValueError, FileNotFoundError) as e:
+            raise NoisefastError(f"unknown built-in model {name!r}: {e}") from None
+    path = Path(spec_str).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise NoisefastError(f"--model {spec_str!r} is a file, not a model folder")
+    if not HUB_ID.match(spec_str):
+        raise NoisefastError(
+            f"model folder {spec_str!r} does not exist (and it is not a hub id of the form owner/name)"
+        )
+    return _download_hub(spec_str, variant=variant)
+
+
+def _download_hub(repo_id: str, *, variant: str | None) -> Path:
+    """The local snapshot of hub model ``repo_id``: cache first, then (if allowed) the network."""
+    from diffusers import DiffusionPipeline
+    from huggingface_hub import constants
+
+    try:
+        return Path(DiffusionPipeline.download(repo_id, local_files_only=True, variant=variant))
+    except (OSError, ValueError) as cache_miss:
+        offline = constants.HF_HUB_OFFLINE
+        if offline:
+            raise NoisefastError(
+                f"model {repo_id!r} is not in the local Hugging Face cache and the hub is switched off "
+                f"(HF_HUB_OFFLINE=1). {_local_folder_hint(repo_id)}"
+            ) from cache_miss
+    try:
+        return Path(DiffusionPipeline.download(repo_id, variant=variant))
+    except Exception as e:  # network, auth, missing repo: all end the same way for the user
+        raise NoisefastError(
+            f"model {repo_id!r} is not available locally and could not be downloaded "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). {_local_folder_hint(repo_id)}"
+        ) from e
+
+
+def detect_kind(folder: Path) -> str:
+    """``"pixel"`` for a noisefast model folder, ``"sdxl"`` for an SDXL pipeline; anything else is an error."""
+    if (folder / PIXEL_MODEL_FILE).is_file():
+        return "pixel"
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise NoisefastError(
+            f"{folder} is not a diffusers pipeline folder (no model_index.json); noisefast needs an SDXL "
+            f"pipeline folder (unet/, vae/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/, scheduler/)"
+        )
+    meta = json.loads(index.read_text())
+    missing = [c for c in ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+               if not isinstance(meta.get(c), list) or meta.get(c)[0] is None]
+    unet_cfg_path = folder / "unet" / "config.json"
+    embed = json.loads(unet_cfg_path.read_text()).get("addition_embed_type") if unet_cfg_path.is_file() else None
+    if missing or embed != "text_time":
+        why = f"missing components {missing}" if missing else f"its UNet has addition_embed_type={embed!r}, not 'text_time'"
+        raise NoisefastError(
+            f"{folder} holds a {meta.get('_class_name', 'diffusers')} pipeline, not an SDXL pipeline ({why}); "
+            f"noisefast supports StableDiffusionXLPipeline-compatible models (SDXL, SDXL-Turbo) and builtin:NAME"
+        )
+    return "sdxl"
+
+
+def sdxl_defaults(folder: Path, spec: str, scheduler_config: dict, family: str | None = None) -> ModelDefaults:
+    """SDXL or SDXL-Turbo defaults: Turbo when asked, or its scheduler spacing is trailing, or its name says so."""
+    if family is None:
+        turbo = scheduler_config.get("timestep_spacing") == "trailing" or "turbo" in f"{spec} {folder}".lower()
+        family = "sdxl-turbo" if turbo else "sdxl"
+    if family == "sdxl":
+        return SDXL_DEFAULTS
+    if family == "sdxl-turbo":
+        return TURBO_DEFAULTS
+    raise NoisefastError(f"family {family!r} does not fit an SDXL pipeline; use 'sdxl' or 'sdxl-turbo'")
+
+
+def override_defaults(defaults: ModelDefaults, **overrides) -> ModelDefaults:
+    """``defaults`` with every non-None override applied (unknown names are an error)."""
+    known = set(ModelDefaults.__dataclass_fields__)
+    bad = set(overrides) - known
+    if bad:
+        raise TypeError(f"unknown default(s) {sorted(bad)}; known: {sorted(known)}")
+    return replace(defaults, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """Everything the Engine drives, on its device and dtype."""
+
+    kind: str  # "sdxl" or "pixel"
+    source: str  # what the user passed (hub id, folder, builtin:NAME)
+    folder: Path  # the local folder it was loaded from
+    defaults: ModelDefaults
+    unet: object  # diffusers UNet2DConditionModel
+    vae: object | None  # AutoencoderKL (kept in fp32 when its config says fp16 overflows), None for pixel models
+    encoder: object  # a noisefast.prompts encoder: (prompts, negative, height=, width=, with_negative=) -> Condition
+    scheduler_config: dict
+    device: torch.device
+    dtype: torch.dtype
+    spatial_factor: int  # image pixels per latent pixel (8 for SDXL's VAE, 1 in pixel space)
+    card: dict  # noisefast_model.json of a pixel model ({} for SDXL)
+    pipe: object | None = None  # the StableDiffusionXLPipeline (SDXL only)
+
+
+def load_model(
+    spec: str | os.PathLike,
+    *,
+    device=None,
+    dtype=None,
+    variant: str | None = None,
+    family: str | None = None,
+) -> LoadedModel:
+    """Resolve ``spec`` to a folder and load it with diffusers/transformers ``from_pretrained``."""
+    dev = resolve_device(device)
+    folder = resolve_folder(spec, variant=variant)
+    kind = detect_kind(folder)
+    dt = resolve_dtype(dtype, dev, kind)
+    if kind == "pixel":
+        return _load_pixel(os.fspath(spec), folder, dev, dt, family)
+    return _load_sdxl(os.fspath(spec), folder, dev, dt, variant, family)
+
+
+def _dtype_kwarg(dtype: torch.dtype) -> dict:
+    """diffusers renamed ``torch_dtype`` to ``dtype`` (newer versions warn on the old name); pass whichever it reads."""
+    from diffusers.utils import deprecation_utils
+
+    return {"dtype": dtype} if hasattr(deprecation_utils, "_resolve_dtype") else {"torch_dtype": dtype}
+
+
+def _load_sdxl(spec, folder, device, dtype, variant, family) -> LoadedModel:
+    from diffusers import StableDiffusionXLPipeline
+
+    from noisefast.prompts import SDXLPromptEncoder
+
+    try:
+        pipe = StableDiffusionXLPipeline.from_pretrained(folder, variant=variant, **_dtype_kwarg(dtype))
+    except (OSError, ValueError) as e:
+        raise NoisefastError(f"could not load the SDXL pipeline in {folder}: {e}") from e
+    pipe.set_progress_bar_config(disable=True)
+    pipe.to(device)
+    for m in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+        m.eval().requires_grad_(False)
+    if dtype == torch.float16 and pipe.vae.config.force_upcast:
+        pipe.vae.to(torch.float32)  # the SDXL VAE overflows in fp16: decode in fp32, as diffusers' upcast does
+    sched_cfg = dict(pipe.scheduler.config)
+    return LoadedModel(
+        kind="sdxl", source=spec, folder=folder, defaults=sdxl_defaults(folder, spec, sched_cfg, family),
+        unet=pipe.unet, vae=pipe.vae, encoder=SDXLPromptEncoder(pipe), scheduler_config=sched_cfg,
+        device=device, dtype=dtype, spatial_factor=int(pipe.vae_scale_factor), card={}, pipe=pipe,
+    )  # fmt: skip
+
+
+def _load_pixel(spec, folder, device, dtype, family) -> LoadedModel:
+    from noisefast.builtin import load_model_folder
+    from noisefast.prompts import CLIPPromptEncoder
+
+    if family not in (None, "pixel"):
+        raise NoisefastError(f"{spec} is a pixel-space noisefast model; family {family!r} does not apply")
+    try:
+        parts = load_model_folder(folder)
+    except (OSError, ValueError) as e:
+        raise NoisefastError(f"could not load the noisefast model in {folder}: {e}") from e
+    card = parts.config
+    if card.get("kind") != "pixel":
+        raise NoisefastError(f"{folder / PIXEL_MODEL_FILE} has kind {card.get('kind')!r}; this version reads 'pixel'")
+    for m in (parts.unet, parts.text_encoder):
+        m.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    defaults = ModelDefaults(
+        family="pixel",
+        height=int(card["height"]),
+        width=int(card["width"]),
+        steps=int(card["default_steps"]),
+        inversion_steps=int(card["default_inversion_steps"]),
+        guidance_scale=float(card["default_guidance_scale"]),
+        inversion_guidance_scale=float(card["default_inversion_guidance_scale"]),
+    )
+    return LoadedModel(
+        kind="pixel", source=spec, folder=folder, defaults=defaults, unet=parts.unet, vae=None,
+        encoder=CLIPPromptEncoder(parts.tokenizer, parts.text_encoder, card.get("negative_prompt", "")),
+        scheduler_config=dict(parts.scheduler.config), device=device, dtype=dtype, spatial_factor=1, card=card,
+    )  # fmt: skip
