@@ -1,0 +1,97 @@
+"""The ``onnxruntime`` backend: an exported UNet run by ONNX Runtime, behind the `Denoiser` interface.
+
+CUDAExecutionProvider when onnxruntime-gpu and a CUDA device are present, else CPU. Either way the
+call goes through IO binding on torch tensors' memory (``data_ptr``): inputs are cast to the graph's
+dtypes by torch on the runtime's device, the output is written straight into a torch tensor, and no
+numpy or host round trip happens. Forward only: inputs that require grad are refused.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from noisefast.denoisers.base import Condition
+from noisefast.denoisers.onnx_io import latent_geometry, read_onnx_specs, require_no_grad, resolve_onnx_path, unet_feed
+
+_NP_DTYPES = {
+    torch.float32: np.float32,
+    torch.float16: np.float16,
+    torch.float64: np.float64,
+    torch.int64: np.int64,
+    torch.int32: np.int32,
+}
+
+
+def _import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as e:
+        from noisefast.denoisers.backends import BackendUnavailableError
+
+        raise BackendUnavailableError(
+            "the onnxruntime backend needs the onnxruntime package: pip install 'noisefast[onnx]' "
+            "(or onnxruntime-gpu for the CUDA execution provider)"
+        ) from e
+    return onnxruntime
+
+
+class OnnxRuntimeDenoiser:
+    """``model_out = den(x, t, cond)`` through an ONNX Runtime session over an exported UNet.
+
+    ``path``: an export folder or ``.onnx`` file. ``providers``: ONNX Runtime provider list (default:
+    CUDA when available to both onnxruntime and torch, then CPU). ``device_id``: the CUDA device.
+    ``num_threads``: CPU intra-op threads (default: torch's ``get_num_threads()``, so both backends
+    compete for the same cores). ``session_options`` overrides all of that when given.
+    """
+
+    def __init__(self, path, *, providers=None, device_id: int = 0, num_threads: int | None = None, session_options=None):
+        ort = _import_onnxruntime()
+        self.path = resolve_onnx_path(path)
+        self.inputs, self.output = read_onnx_specs(self.path)
+        self.in_channels, self.sample_size = latent_geometry(self.path, self.inputs)
+        if providers is None:
+            cuda = "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available()
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+        providers = [("CUDAExecutionProvider", {"device_id": device_id}) if p == "CUDAExecutionProvider" else p
+                     for p in providers]
+        if session_options is None:
+            session_options = ort.SessionOptions()
+            session_options.intra_op_num_threads = num_threads or torch.get_num_threads()
+            session_options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(self.path), sess_options=session_options, providers=providers)
+        on_cuda = self.session.get_providers()[0] == "CUDAExecutionProvider"
+        self.device = torch.device("cuda", device_id) if on_cuda else torch.device("cpu")
+        self._ort_device = ("cuda", device_id) if on_cuda else ("cpu", 0)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the graph's ``sample`` input (the precision it was exported in)."""
+        return self.inputs["sample"].dtype
+
+    def __repr__(self) -> str:
+        return f"OnnxRuntimeDenoiser({str(self.path)!r}, device={self.device}, dtype={self.dtype})"
+
+    def __call__(
+        self,
+        x: torch.Tensor,  # [B, C, H, W]
+        t: torch.Tensor,  # [B] timesteps
+        cond: Condition,  # batch B or 1
+    ) -> torch.Tensor:  # [B, C_out, H, W], x's dtype and device
+        require_no_grad("onnxruntime", x, cond)
+        feed = unet_feed(x, t, cond, self.inputs, self.device)
+        b, _, h, w = feed["sample"].shape
+        c_out = self.output.shape[1] if isinstance(self.output.shape[1], int) else feed["sample"].shape[1]
+        out = torch.empty((b, c_out, h, w), dtype=self.output.dtype, device=self.device)
+
+        binding = self.session.io_binding()
+        kind, index = self._ort_device
+        for name, v in feed.items():
+            binding.bind_input(name, kind, index, _NP_DTYPES[v.dtype], tuple(v.shape), v.data_ptr())
+        binding.bind_output(self.output.name, kind, index, _NP_DTYPES[out.dtype], tuple(out.shape), out.data_ptr())
+        if self.device.type == "cuda":
+            # ORT runs on its own stream: the inputs torch queued must be complete first. ORT
+            # synchronises its stream before run_with_iobinding returns, so `out` is ready after it.
+            torch.cuda.current_stream(self.device).synchronize()
+        self.session.run_with_iobinding(binding)
+        return out.to(device=x.device, dtype=x.dtype)
