@@ -33,7 +33,6 @@ from noisefast.stability import Selection, select_noise, stability_score
 from noisefast.transform import denoise
 
 PIXEL_VIEW_SIZE = 128  # pixel models' samples are upscaled (nearest neighbour) to at least this for viewing
-BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt")
 
 
 @dataclass(frozen=True)
@@ -63,20 +62,19 @@ class Generation:
 
 
 def make_denoiser(unet, backend: str = "torch"):
-    """The `Denoiser` over ``unet`` for ``backend`` (compiled backends come from `noisefast.denoisers.backends`)."""
-    if backend not in BACKENDS:
-        raise NoisefastError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    """The `Denoiser` over ``unet`` for ``backend`` (`noisefast.denoisers.backends`); unusable → `NoisefastError`."""
     try:
-        from noisefast.denoisers.backends import make_denoiser as make_backend
-    except ImportError:
-        make_backend = None
-    if make_backend is not None:
-        return make_backend(unet, backend=backend)
-    if backend != "torch":
-        raise NoisefastError(f"backend {backend!r} is not available in this installation; use backend='torch'")
-    from noisefast.denoisers.unet import UNetDenoiser
+        from noisefast.denoisers.backends import BackendUnavailableError, make_denoiser as make_backend
+    except ImportError:  # an installation without the compiled backends: eager torch only
+        if backend != "torch":
+            raise NoisefastError(f"backend {backend!r} is not available in this installation; use 'torch'") from None
+        from noisefast.denoisers.unet import UNetDenoiser
 
-    return UNetDenoiser(unet)
+        return UNetDenoiser(unet)
+    try:
+        return make_backend(unet, backend=backend)
+    except BackendUnavailableError as e:
+        raise NoisefastError(str(e)) from e
 
 
 class Engine:
