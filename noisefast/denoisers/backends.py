@@ -45,7 +45,7 @@ def make_denoiser(unet_or_path, backend: str = "torch", *, export_dir=None, expo
     """A `Denoiser` for ``unet_or_path`` on ``backend``; ``options`` go to the backend's constructor.
 
     torch: `UNetDenoiser(unet)`; ``dtype``/``device`` options apply when loading from a path.
-    compile: `CompiledDenoiser(unet, mode=, dynamic=, fullgraph=, backend=, options=)`.
+    compile: `CompiledDenoiser(unet, mode=, dynamic=, fullgraph=, compile_backend=, options=)`.
     onnxruntime: `OnnxRuntimeDenoiser(path, providers=, device_id=, num_threads=, session_options=)`.
     tensorrt: `TensorRTDenoiser(path, profiles=, latent_size=, cache_dir=, workspace_bytes=, cuda_graph=, ...)`.
     """

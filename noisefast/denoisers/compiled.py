@@ -20,23 +20,24 @@ class CompiledDenoiser:
     """``model_out = den(x, t, cond)`` through ``torch.compile(unet)``.
 
     ``mode``: ``torch.compile`` mode (default: ``"reduce-overhead"`` on CUDA with static shapes, else
-    inductor's default). ``dynamic``, ``fullgraph``, ``backend``, ``options`` go to ``torch.compile``.
+    inductor's default). ``dynamic``, ``fullgraph``, ``options`` and ``compile_backend`` (its
+    ``backend``) go to ``torch.compile``.
     The caller's UNet module is not modified (``torch.compile`` wraps it).
     """
 
     def __init__(self, unet, *, mode: str | None = None, dynamic: bool = False, fullgraph: bool = False,
-                 backend: str = "inductor", options: dict | None = None):
+                 compile_backend: str = "inductor", options: dict | None = None):
         from noisefast.denoisers.unet import UNetDenoiser
 
         if not isinstance(unet, torch.nn.Module):
             raise TypeError(f"the compile backend needs a UNet module, got {type(unet).__name__}")
         on_cuda = next(unet.parameters()).device.type == "cuda"
-        if mode is None and on_cuda and not dynamic and backend == "inductor" and not options:
+        if mode is None and on_cuda and not dynamic and compile_backend == "inductor" and not options:
             mode = "reduce-overhead"
         if mode is not None and options:
             raise ValueError("give torch.compile either mode or options, not both")
         self.mode = mode
-        self.compiled = torch.compile(unet, mode=mode, dynamic=dynamic, fullgraph=fullgraph, backend=backend,
+        self.compiled = torch.compile(unet, mode=mode, dynamic=dynamic, fullgraph=fullgraph, backend=compile_backend,
                                       options=options)
         self.inner = UNetDenoiser(self.compiled)
         # CUDA-graph modes hand out outputs that the next replay overwrites.

@@ -1,0 +1,111 @@
+"""`make_denoiser` across backends, the compile backend, and the artifact helpers they share."""
+
+import importlib.util
+
+import pytest
+import torch
+
+from noisefast.denoisers.artifacts import atomic_write_bytes
+from noisefast.denoisers.backends import BACKENDS, BackendUnavailableError, make_denoiser
+from noisefast.denoisers.compiled import CompiledDenoiser
+from noisefast.denoisers.unet import UNetDenoiser
+from noisefast.testing import tiny_condition
+
+SEQ = 7
+HAVE_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+
+
+def _inputs(batch=2):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(batch, 4, 16, 16, generator=g)  # [B, 4, 16, 16]
+    t = torch.tensor([700, 30][:batch])  # [B]
+    return x, t, tiny_condition(batch, seq_len=SEQ, seed=3).positive()
+
+
+def _rel(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def test_unknown_backend_lists_the_choices(tiny_unet_loaded):
+    with pytest.raises(ValueError, match="unknown backend 'tensorrtx'; choose one of torch, compile, onnxruntime, tensorrt"):
+        make_denoiser(tiny_unet_loaded, "tensorrtx")
+    assert BACKENDS == ("torch", "compile", "onnxruntime", "tensorrt")
+
+
+def test_torch_backend_from_module_and_from_folder(tiny_unet_loaded, tmp_path):
+    den = make_denoiser(tiny_unet_loaded)
+    assert isinstance(den, UNetDenoiser) and den.unet is tiny_unet_loaded
+    tiny_unet_loaded.save_pretrained(tmp_path / "pipe" / "unet")
+    loaded = make_denoiser(tmp_path / "pipe", "torch")  # a pipeline folder: the UNet is in unet/
+    x, t, cond = _inputs()
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t, cond), den(x, t, cond))
+
+
+def test_onnx_export_is_not_a_torch_model(tmp_path):
+    (tmp_path / "model.onnx").write_bytes(b"")
+    for backend in ("torch", "compile"):
+        with pytest.raises(TypeError, match=f"backend '{backend}' runs the diffusers UNet, not an ONNX export"):
+            make_denoiser(tmp_path, backend)
+
+
+@pytest.mark.skipif(not HAVE_ORT, reason="needs onnx and onnxruntime")
+def test_onnxruntime_from_module_exports_and_cleans_up(tiny_unet_loaded, tiny_denoiser, tmp_path):
+    den = make_denoiser(tiny_unet_loaded, "onnxruntime", export_options={"seq_len": SEQ}, num_threads=1)
+    assert not den.path.exists()  # the temporary export is gone once the session has loaded it
+    x, t, cond = _inputs()
+    with torch.no_grad():
+        ref = tiny_denoiser(x, t, cond)
+    assert _rel(den(x, t, cond), ref) < 1e-4
+    kept = make_denoiser(tiny_unet_loaded, "onnxruntime", export_dir=tmp_path / "e", export_options={"seq_len": SEQ})
+    assert kept.path == tmp_path / "e" / "model.onnx" and kept.path.is_file()
+    assert _rel(make_denoiser(tmp_path / "e", "onnxruntime")(x, t, cond), ref) < 1e-4
+    with pytest.raises(ValueError, match="only when exporting a model"):
+        make_denoiser(tmp_path / "e", "onnxruntime", export_options={"seq_len": SEQ})
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available(),
+                    reason="TensorRT and a GPU are present: the backend is available")
+def test_tensorrt_unavailable_fails_before_exporting(tiny_unet_loaded, tmp_path):
+    with pytest.raises(BackendUnavailableError, match="tensorrt backend needs"):
+        make_denoiser(tiny_unet_loaded, "tensorrt", export_dir=tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+
+
+def test_compile_backend_matches_torch(tiny_unet_loaded, tiny_denoiser):
+    # aot_eager: dynamo capture + AOTAutograd without inductor's C++ codegen (seconds on CPU);
+    # the default inductor backend is covered by the slow test below.
+    den = make_denoiser(tiny_unet_loaded, "compile", compile_backend="aot_eager")
+    assert isinstance(den, CompiledDenoiser) and den.in_channels == 4 and den.sample_size == 16
+    x, t, cond = _inputs()
+    with torch.no_grad():
+        assert _rel(den(x, t, cond), tiny_denoiser(x, t, cond)) < 1e-5
+
+
+@pytest.mark.slow
+def test_compile_backend_inductor_on_cpu(tiny_unet_loaded, tiny_denoiser):
+    den = make_denoiser(tiny_unet_loaded, "compile")  # CPU default: inductor, default mode, static shapes
+    assert den.mode is None
+    x, t, cond = _inputs()
+    with torch.no_grad():
+        assert _rel(den(x, t, cond), tiny_denoiser(x, t, cond)) < 1e-4
+
+
+@pytest.mark.slow
+def test_compile_backend_keeps_autograd(tiny_unet_loaded, tiny_denoiser):
+    den = make_denoiser(tiny_unet_loaded, "compile", compile_backend="aot_eager")
+    x, t, cond = _inputs()
+    x_c, x_e = x.clone().requires_grad_(), x.clone().requires_grad_()
+    (g_c,) = torch.autograd.grad(den(x_c, t, cond).square().sum(), x_c)
+    (g_e,) = torch.autograd.grad(tiny_denoiser(x_e, t, cond).square().sum(), x_e)
+    assert _rel(g_c, g_e) < 1e-4
+
+
+def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
+    path = atomic_write_bytes(tmp_path / "sub" / "engine.bin", b"old")
+    with pytest.raises(TypeError):
+        atomic_write_bytes(path, "not bytes")  # the write fails midway
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in path.parent.iterdir()] == ["engine.bin"]  # no temporary left behind
+    atomic_write_bytes(path, b"new")
+    assert path.read_bytes() == b"new"
