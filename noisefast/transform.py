@@ -1,0 +1,173 @@
+"""D (denoise), I (invert) and F = I∘D over a batch of candidate latents.
+
+1. D(ε; c):  x_T = ε, then for each denoising move (t, ᾱ_from → ᾱ_to) of the schedule
+             x ← ddim_move(x, m_c, ᾱ_from, ᾱ_to, m_u, w_d)     with (m_c, m_u) = guided model outputs at t
+2. I(x₀; c): the same over the inversion moves with guidance w_i (default 1.0: conditional pass only)
+3. F(ε) = I(D(ε))
+
+Candidates are processed in chunks of at most ``max_batch`` (the denoiser sees ``2·max_batch`` rows
+when guidance > 1). Gradients: when none is wanted (grad mode off, or neither the latent nor a condition
+tensor requires grad) everything runs under ``torch.inference_mode`` — the results are then inference
+tensors, not usable in a later autograd graph. When one is wanted, autograd flows through every
+denoiser call and move; ``checkpoint=True`` wraps each (call + move) in ``torch.utils.checkpoint``
+(non-reentrant), so only the latent entering each step is saved and the call is recomputed in backward.
+Use ``torch.autograd.grad(loss, noise)`` (not ``loss.backward()``) to skip the frozen model's parameter
+gradients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import torch
+from torch.utils.checkpoint import checkpoint as _checkpoint
+
+from noisefast import ops
+from noisefast.denoisers.base import Condition, Denoiser
+from noisefast.denoisers.guidance import GuidedDenoiser, check_condition_batch, check_guidance_scale
+from noisefast.schedule import DDIMSchedule, Move
+
+DEFAULT_GUIDANCE_SCALE = 5.0  # diffusers' StableDiffusionXLPipeline default
+DEFAULT_INVERSION_GUIDANCE_SCALE = 1.0  # conditional pass only
+
+
+def denoise(
+    den: Denoiser,
+    sched: DDIMSchedule,
+    noise: torch.Tensor,  # [B, C, H, W] ε = x_T
+    cond: Condition,  # batch B or 1
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+    *,
+    max_batch: int | None = None,
+    return_intermediates: bool = False,
+    checkpoint: bool = False,
+):  # [B, C, H, W] x₀; with return_intermediates: (x₀, [N+1, B, C, H, W] latents x_T … x₀)
+    """D: the DDIM denoising loop of ``sched`` (as ``DDIMScheduler``), guided with ``guidance_scale``."""
+    phases = [("denoise_moves", check_guidance_scale(guidance_scale))]
+    return _run(den, sched, noise, cond, phases, max_batch, return_intermediates, checkpoint)
+
+
+def invert(
+    den: Denoiser,
+    sched: DDIMSchedule,
+    x0: torch.Tensor,  # [B, C, H, W] clean latent
+    cond: Condition,  # batch B or 1
+    guidance_scale: float = DEFAULT_INVERSION_GUIDANCE_SCALE,
+    *,
+    max_batch: int | None = None,
+    return_intermediates: bool = False,
+    checkpoint: bool = False,
+):  # [B, C, H, W] x_T; with return_intermediates: (x_T, [N'+1, B, C, H, W] latents x₀ … x_T)
+    """I: the DDIM inversion loop of ``sched`` (as ``DDIMInverseScheduler``), guided with ``guidance_scale``."""
+    phases = [("invert_moves", check_guidance_scale(guidance_scale))]
+    return _run(den, sched, x0, cond, phases, max_batch, return_intermediates, checkpoint, name="x0")
+
+
+def transform(
+    den: Denoiser,
+    sched: DDIMSchedule,
+    noise: torch.Tensor,  # [B, C, H, W] ε
+    cond: Condition,  # batch B or 1
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+    inversion_guidance_scale: float = DEFAULT_INVERSION_GUIDANCE_SCALE,
+    *,
+    max_batch: int | None = None,
+    return_intermediates: bool = False,
+    checkpoint: bool = False,
+):  # [B, C, H, W] F(ε); with return_intermediates: (F(ε), [N+N'+1, B, C, H, W] latents ε … x₀ … F(ε))
+    """F = I∘D, each chunk of candidates denoised and inverted before the next starts."""
+    phases = [
+        ("denoise_moves", check_guidance_scale(guidance_scale)),
+        ("invert_moves", check_guidance_scale(inversion_guidance_scale, "inversion_guidance_scale")),
+    ]
+    return _run(den, sched, noise, cond, phases, max_batch, return_intermediates, checkpoint)
+
+
+def wants_grad(x: torch.Tensor, cond: Condition) -> bool:
+    """Whether autograd must record: grad mode on and the latent or a condition tensor requires grad."""
+    if not torch.is_grad_enabled():
+        return False
+    tensors = [x] + [v for f in fields(Condition) if (v := getattr(cond, f.name)) is not None]
+    return any(v.requires_grad for v in tensors)
+
+
+def check_latents(x: torch.Tensor, den: Denoiser, name: str = "noise") -> None:
+    """``x`` must be a floating ``[B, C, H, W]`` tensor with the denoiser's channel count (if it has one)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 4 or x.shape[0] < 1:
+        raise ValueError(f"{name} must be a [B, C, H, W] latent batch, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be floating point, got {x.dtype}")
+    channels = getattr(den, "in_channels", None)
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"{name} has {x.shape[1]} channels but the denoiser expects {channels}: shape {tuple(x.shape)}")
+
+
+def check_max_batch(max_batch) -> int | None:
+    if max_batch is None:
+        return None
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise ValueError(f"max_batch must be a positive int or None, got {max_batch!r}")
+    return max_batch
+
+
+def _run(den, sched, x, cond, phases, max_batch, return_intermediates, use_checkpoint, name="noise"):
+    """Validate, then run the phases (schedule attribute naming the moves, guidance) chunk by chunk."""
+    if not isinstance(sched, DDIMSchedule):
+        raise TypeError(f"sched must be a noisefast DDIMSchedule, got {type(sched).__name__}")
+    check_latents(x, den, name)
+    B = x.shape[0]
+    check_condition_batch(cond, B)
+    step = check_max_batch(max_batch) or B
+    grad = wants_grad(x, cond)
+    outs, trajs = [], []
+    with torch.inference_mode(not grad):
+        for lo in range(0, B, step):
+            idx = slice(lo, min(lo + step, B))
+            xc = x[idx]
+            cc = cond.index(idx) if cond.batch_size == B and B != 1 else cond
+            keep = [xc] if return_intermediates else None
+            for moves, w in phases:
+                guided = GuidedDenoiser(den, cc, xc.shape[0], w)
+                xc = _run_moves(guided, getattr(sched, moves), xc, sched, keep, use_checkpoint and grad)
+            outs.append(xc)
+            if keep is not None:
+                trajs.append(torch.stack(keep))
+    out = torch.cat(outs) if len(outs) > 1 else outs[0]
+    if not return_intermediates:
+        return out
+    return out, (torch.cat(trajs, dim=1) if len(trajs) > 1 else trajs[0])
+
+
+def _run_moves(
+    guided: GuidedDenoiser,
+    moves: tuple[Move, ...],
+    x: torch.Tensor,  # [b, C, H, W]
+    sched: DDIMSchedule,
+    keep: list | None,
+    use_checkpoint: bool,
+) -> torch.Tensor:  # [b, C, H, W]
+    for move in moves:
+        if use_checkpoint:
+            x = _checkpoint(_step, guided, move, x, sched, use_reentrant=False)
+        else:
+            x = _step(guided, move, x, sched)
+        if keep is not None:
+            keep.append(x)
+    return x
+
+
+def _step(guided: GuidedDenoiser, move: Move, x: torch.Tensor, sched: DDIMSchedule) -> torch.Tensor:
+    """One guided DDIM move: (m_c, m_u) = guided(x, t);  x' = ddim_move(x, m_c, ᾱ_from, ᾱ_to, m_u, w)."""
+    m_c, m_u = guided(x, move.t)
+    return ops.ddim_move(
+        x,
+        m_c,
+        move.alpha_from,
+        move.alpha_to,
+        model_out_uncond=m_u,
+        guidance_scale=guided.guidance_scale,
+        prediction_type=sched.prediction_type,
+        clip_sample_range=sched.clip_sample_range,
+    )
