@@ -83,11 +83,12 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def seed_int(text: str) -> int:
+def single_seed(text: str) -> list[int]:
+    """``--seed N``: the same list as ``--seeds N``, refusing ranges."""
     seeds = parse_seeds(text)
     if len(seeds) != 1:
         raise argparse.ArgumentTypeError(f"--seed takes one seed, got {text!r} (use --seeds for several)")
-    return seeds[0]
+    return seeds
 
 
 def positive_int(text: str) -> int:
@@ -136,7 +137,7 @@ def add_seed_arguments(p: argparse.ArgumentParser, *, default: str, help_: str) 
     g = p.add_mutually_exclusive_group()
     g.add_argument("--seeds", type=parse_seeds, default=parse_seeds(default), metavar="SPEC",
                    help=f"{help_}: START:STOP[:STEP] (stop exclusive), a comma list, or a mix (default: {default})")
-    g.add_argument("--seed", type=seed_int, dest="seeds", metavar="N", help="a single seed")  # fmt: skip
+    g.add_argument("--seed", type=single_seed, dest="seeds", metavar="N", help="a single seed")  # fmt: skip
 
 
 def add_settings_arguments(p: argparse.ArgumentParser) -> None:

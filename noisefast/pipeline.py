@@ -16,7 +16,6 @@ here gives the same final latents in a stock pipeline with ``DDIMScheduler.from_
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
@@ -27,6 +26,7 @@ from PIL import Image
 from noisefast.denoisers.base import Condition
 from noisefast.denoisers.guidance import do_classifier_free_guidance
 from noisefast.loading import LoadedModel, ModelDefaults, NoisefastError, load_model
+from noisefast.optimize import DEFAULT_LR, DEFAULT_MOMENTUM, DEFAULT_STEPS, OptimizeResult, optimize_noise
 from noisefast.schedule import DDIMSchedule
 from noisefast.seeds import check_seeds, noise_from_seeds
 from noisefast.stability import Selection, select_noise, stability_score
@@ -59,6 +59,43 @@ class Generation:
     latents: torch.Tensor  # [B, C, h, w] final latents (before decoding)
     noise: torch.Tensor  # [B, C, h, w] initial noise ε
     seeds: tuple[int, ...] | None
+
+
+@dataclass(frozen=True, eq=False)
+class Optimization:
+    """Algorithm 2's outcome for each noise (see `noisefast.optimize.OptimizeResult`), with where it started."""
+
+    result: OptimizeResult
+    initial_noise: torch.Tensor  # [B, C, h, w] ε_0, float32
+    seeds: tuple[int, ...] | None
+
+    @property
+    def best_noise(self) -> torch.Tensor:  # [B, C, h, w] per sample the most stable ε seen
+        return self.result.best_noise
+
+    @property
+    def noise(self) -> torch.Tensor:  # [B, C, h, w] the final ε
+        return self.result.noise
+
+    @property
+    def history(self) -> torch.Tensor:  # [R, B] s(ε_k), k = 0 … R−1
+        return self.result.history
+
+    @property
+    def steps_run(self) -> int:
+        return self.result.steps_run
+
+    @property
+    def interrupted(self) -> bool:
+        return self.result.interrupted
+
+    def save_noise(self, path) -> None:
+        """``initial``, ``best`` and ``final`` noise [B, C, h, w] (float32) as safetensors, seeds in the metadata."""
+        from safetensors.torch import save_file
+
+        tensors = {"initial": self.initial_noise, "best": self.result.best_noise, "final": self.result.noise}
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(path),
+                  metadata={"seeds": ",".join(map(str, self.seeds or ()))})  # fmt: skip
 
 
 def make_denoiser(unet, backend: str = "torch"):
@@ -239,6 +276,46 @@ class Engine:
             generator_device="cpu", dtype=self.dtype, device=self.device, max_batch=s.batch_size, progress=progress,
         )  # fmt: skip
 
+    # --- Algorithm 2 ------------------------------------------------------------------------------------------
+    def optimize(
+        self,
+        prompt: str,
+        seeds=None,
+        *,
+        noise=None,
+        negative_prompt: str | None = None,
+        iterations: int = DEFAULT_STEPS,
+        lr: float = DEFAULT_LR,
+        momentum: float = DEFAULT_MOMENTUM,
+        target: float | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        **options,
+    ) -> Optimization:
+        """Minimise 1 − s(ε) for each seed's noise (or each row of ``noise``), each sample independently.
+
+        ``options``: the per-call settings (``steps``, ``guidance_scale``, ...) and `optimize_noise`'s
+        own (``grad_clip``, ``renorm``, ``nesterov``, ``checkpoint``, ``callback``). The noise and its
+        velocity are float32 whatever the model's dtype. Ctrl-C ends the run early and keeps the best so far.
+        """
+        settings = {k: options.pop(k) for k in list(options) if k in Settings.__dataclass_fields__}
+        s = self.settings(**settings)
+        eps, seeds = self._noise_or_seeds(seeds, noise, s)
+        eps = eps.float()
+        cond = self.encode(prompt, negative_prompt, s)
+        user_callback = options.pop("callback", None)
+
+        def callback(state):
+            if progress is not None:
+                progress(state.step + 1, state.steps + 1)
+            return None if user_callback is None else user_callback(state)
+
+        result = optimize_noise(
+            self.den, self.schedule(s), eps, cond, iterations, lr, momentum,
+            guidance_scale=s.guidance_scale, inversion_guidance_scale=s.inversion_guidance_scale,
+            target_stability=target, max_batch=s.batch_size, callback=callback, **options,
+        )  # fmt: skip
+        return Optimization(result=result, initial_noise=eps, seeds=seeds)
+
     # --- generation and decoding -------------------------------------------------------------------------
     def generate(
         self, prompt: str, seeds=None, *, noise=None, negative_prompt: str | None = None, decode: bool = True, **settings
@@ -298,4 +375,4 @@ def _pixel_image(x: torch.Tensor) -> Image.Image:  # x [C, H, W] in [-1, 1]
     return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
 
 
-__all__ = ["Engine", "Generation", "NoisefastError", "Settings", "make_denoiser"]
+__all__ = ["Engine", "Generation", "NoisefastError", "Optimization", "Settings", "make_denoiser"]

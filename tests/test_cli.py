@@ -1,0 +1,113 @@
+"""The ``noisefast`` command: end to end in a subprocess, and its errors in process."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from noisefast.cli import main, parse_seeds
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--height", "64", "--width", "64", "--steps", "2", "--inversion-steps", "2"]
+
+
+def run_cli(*args, timeout=300):
+    """``python -m noisefast.cli ARGS`` with the hub switched off; returns the CompletedProcess."""
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "noisefast.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=timeout, cwd=REPO)  # fmt: skip
+
+
+@pytest.fixture
+def quiet_env(monkeypatch):
+    """In-process main() sets library verbosity variables with setdefault; pre-set them so nothing leaks."""
+    for k in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        monkeypatch.setenv(k, os.environ.get(k, "error"))
+
+
+def test_select_end_to_end_and_best_seed_reproduces_in_stock_pipeline(tiny_sdxl_folder, tiny_sdxl, tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli("select", "--model", tiny_sdxl_folder, "--prompt", "a red fox", "--seeds", "0:5", *TINY,
+                   "--guidance", "5.5", "--out", out)  # fmt: skip
+    print(proc.stdout, proc.stderr[-2000:])
+    assert proc.returncode == 0, proc.stderr
+    assert "best  seed" in proc.stdout and "report:" in proc.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["complete"] and report["command"] == "select"
+    assert report["settings"]["steps"] == 2 and report["model"]["kind"] == "sdxl"
+    assert {"torch", "diffusers", "noisefast"} <= set(report["versions"])
+    (rec,) = report["runs"]
+    assert rec["seeds"] == [0, 1, 2, 3, 4] and len(rec["scores"]) == 5
+    best = rec["seeds"][int(np.argmax(rec["scores"]))]
+    assert rec["best_seed"] == best and rec["best_score"] == max(rec["scores"])
+    for name in ("best.png", "worst.png", "grid.png", "histogram.png"):
+        with Image.open(out / name) as im:
+            assert im.format == "PNG" and min(im.size) >= 64
+
+    # the best seed in a stock pipeline: DDIMScheduler + Generator("cpu").manual_seed(seed) → the same latents
+    from diffusers import DDIMScheduler
+
+    from noisefast.pipeline import Engine
+
+    tiny_sdxl.scheduler = DDIMScheduler.from_config(tiny_sdxl.scheduler.config)
+    ref = tiny_sdxl("a red fox", height=64, width=64, num_inference_steps=2, guidance_scale=5.5,
+                    generator=torch.Generator("cpu").manual_seed(best), output_type="latent").images  # fmt: skip
+    gen = Engine.from_pretrained(tiny_sdxl_folder).generate("a red fox", [best], height=64, width=64, steps=2,
+                                                            guidance_scale=5.5)  # fmt: skip
+    torch.testing.assert_close(gen.latents, ref, rtol=1e-5, atol=1e-6)
+    with Image.open(out / "best.png") as im:
+        assert np.array_equal(np.asarray(im), np.asarray(gen.images[0]))
+
+
+def test_optimize_end_to_end_raises_stability(tiny_sdxl_folder, tmp_path):
+    out = tmp_path / "opt"
+    proc = run_cli("optimize", "--model", tiny_sdxl_folder, "--prompt", "a red fox", "--seed", "4", *TINY,
+                   "--iterations", "2", "--out", out, "--json")  # fmt: skip
+    print(proc.stderr[-2000:])
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)  # --json: stdout is the report and nothing else
+    assert report == json.loads((out / "report.json").read_text())
+    (rec,) = report["runs"]
+    print("history", rec["history"], "before", rec["stability_before"], "after", rec["stability_after"])
+    assert rec["stability_after"][0] > rec["stability_before"][0]
+    for name in ("before.png", "after.png", "curve.png", "noise.safetensors"):
+        assert (out / name).is_file()
+
+
+def test_parse_seeds():
+    assert parse_seeds("0:5") == [0, 1, 2, 3, 4]
+    assert parse_seeds("0:10:4,42") == [0, 4, 8, 42]
+    assert parse_seeds("7") == [7]
+    for bad in ("5:5", "10:2", "a:b", "-1:3", "0:10:0", "1,1", "1,,2"):
+        with pytest.raises(Exception, match="bad seed"):
+            parse_seeds(bad)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--seeds", "10:2"], "bad seed range"),
+        (["--height", "100"], "height=100 is not a multiple of 8"),
+        (["--model", "noisefast-tests/no-such-model"], "--model /path/to/folder"),
+        (["--model", "{tmp}"], "no model_index.json"),
+    ],
+)
+def test_errors_exit_nonzero_with_a_clear_message(args, message, tiny_sdxl_folder, tmp_path, capsys, quiet_env,
+                                                   monkeypatch):  # fmt: skip
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    argv = ["select", "--model", str(tiny_sdxl_folder), "--prompt", "x", *TINY, "--out", str(tmp_path / "o")]
+    argv += [a.replace("{tmp}", str(tmp_path)) for a in args]
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
