@@ -111,3 +111,38 @@ def test_errors_exit_nonzero_with_a_clear_message(args, message, tiny_sdxl_folde
         code = e.code
     err = capsys.readouterr().err
     assert code == 2 and message in err, err
+
+
+def test_ctrl_c_keeps_the_finished_seeds(tiny_sdxl_folder, tmp_path, monkeypatch, quiet_env, capsys):
+    from noisefast.cli import Progress
+
+    calls = []
+
+    def interrupt_on_second_chunk(self, done, total):
+        calls.append(done)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Progress, "__call__", interrupt_on_second_chunk)
+    out = tmp_path / "partial"
+    code = main(["select", "--model", str(tiny_sdxl_folder), "--prompt", "x", *TINY, "--seeds", "0:4",
+                 "--batch-size", "1", "--out", str(out)])  # fmt: skip
+    assert code == 130
+    report = json.loads((out / "report.json").read_text())
+    (rec,) = report["runs"]
+    assert not report["complete"] and not rec["complete"]
+    assert rec["seeds"] == [0, 1] and rec["requested"] == 4 and len(rec["scores"]) == 2
+    assert "interrupted after 2/4 seeds" in capsys.readouterr().out
+
+
+def test_score_prompts_file_json(tiny_sdxl_folder, tmp_path, quiet_env, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# two prompts\na red fox\n\na blue bird\n")
+    code = main(["score", "--model", str(tiny_sdxl_folder), "--prompts-file", str(prompts), *TINY, "--seeds", "2,0",
+                 "--out", str(tmp_path / "s"), "--json"])  # fmt: skip
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["prompt"] for r in report["runs"]] == ["a red fox", "a blue bird"]
+    for r in report["runs"]:
+        assert r["seeds"] == [2, 0] and r["best_seed"] == r["seeds"][int(np.argmax(r["scores"]))]
+    assert report["runs"][0]["scores"] != report["runs"][1]["scores"]  # the prompt matters
