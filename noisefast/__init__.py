@@ -1,6 +1,32 @@
-"""noisefast: diffusion noise selection and optimization by inversion stability."""
+"""noisefast: diffusion noise selection and optimization by inversion stability.
+
+Layers (data flows one way): cli/serve/screen → pipeline → stability/optimize → transform →
+(denoisers, ops, schedule). See DESIGN.md for the math.
+"""
 from noisefast import ops, ref
-from noisefast.denoisers import Condition, Denoiser
+from noisefast.denoisers import Condition, Denoiser, GaussianMixtureDenoiser, GuidedDenoiser, UNetDenoiser
+from noisefast.schedule import DDIMSchedule, Move
+from noisefast.seeds import noise_from_seeds
+from noisefast.stability import Selection, SelectionInterrupted, select_noise, stability_score
+from noisefast.transform import denoise, invert, transform
 
 __version__ = "0.1.0"
-__all__ = ["Condition", "Denoiser", "ops", "ref"]
+__all__ = [
+    "Condition",
+    "DDIMSchedule",
+    "Denoiser",
+    "GaussianMixtureDenoiser",
+    "GuidedDenoiser",
+    "Move",
+    "Selection",
+    "SelectionInterrupted",
+    "UNetDenoiser",
+    "denoise",
+    "invert",
+    "noise_from_seeds",
+    "ops",
+    "ref",
+    "select_noise",
+    "stability_score",
+    "transform",
+]
