@@ -27,7 +27,8 @@ def _rel(a, b):
 
 
 def test_unknown_backend_lists_the_choices(tiny_unet_loaded):
-    with pytest.raises(ValueError, match="unknown backend 'tensorrtx'; choose one of torch, compile, onnxruntime, tensorrt"):
+    choices = "choose one of torch, compile, onnxruntime, tensorrt"
+    with pytest.raises(ValueError, match=f"unknown backend 'tensorrtx'; {choices}"):
         make_denoiser(tiny_unet_loaded, "tensorrtx")
     assert BACKENDS == ("torch", "compile", "onnxruntime", "tensorrt")
 

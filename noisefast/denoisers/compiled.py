@@ -41,7 +41,8 @@ class CompiledDenoiser:
                                       options=options)
         self.inner = UNetDenoiser(self.compiled)
         # CUDA-graph modes hand out outputs that the next replay overwrites.
-        self._cudagraphs = on_cuda and (mode in ("reduce-overhead", "max-autotune") or bool((options or {}).get("triton.cudagraphs")))
+        graphs_mode = mode in ("reduce-overhead", "max-autotune") or bool((options or {}).get("triton.cudagraphs"))
+        self._cudagraphs = on_cuda and graphs_mode
 
     in_channels = property(lambda self: self.inner.in_channels)
     sample_size = property(lambda self: self.inner.sample_size)

@@ -277,7 +277,8 @@ def run_export(args: argparse.Namespace) -> Path:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m noisefast.denoisers.onnx_export", description=__doc__.split("\n")[0])
+    prog = "python -m noisefast.denoisers.onnx_export"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     run_export(add_export_arguments(parser).parse_args(argv))
     return 0
 

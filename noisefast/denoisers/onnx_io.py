@@ -205,3 +205,34 @@ def unet_feed(
             raise ValueError(f"input {name!r} has shape {shape}, but the exported model takes {spec.shape}")
         feed[name] = v.to(device=device, dtype=spec.dtype).contiguous()
     return feed
+
+
+class ExportedUNetDenoiser:
+    """What the onnxruntime and tensorrt denoisers share: the graph's interface and the call's checks.
+
+    Subclasses set ``self.device`` and implement ``_run(feed) -> out_sample`` on that device.
+    """
+
+    backend = "onnx"
+
+    def __init__(self, path):
+        self.path = resolve_onnx_path(path)
+        self.inputs, self.output = read_onnx_specs(self.path)
+        self.in_channels, self.sample_size = latent_geometry(self.path, self.inputs)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the graph's ``sample`` input (the precision it was exported in)."""
+        return self.inputs["sample"].dtype
+
+    def _run(self, feed: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        x: torch.Tensor,  # [B, C, H, W]
+        t: torch.Tensor,  # [B] timesteps
+        cond: Condition,  # batch B or 1
+    ) -> torch.Tensor:  # [B, C_out, H, W], x's dtype and device
+        require_no_grad(self.backend, x, cond)
+        return self._run(unet_feed(x, t, cond, self.inputs, self.device)).to(device=x.device, dtype=x.dtype)

@@ -11,8 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from noisefast.denoisers.base import Condition
-from noisefast.denoisers.onnx_io import latent_geometry, read_onnx_specs, require_no_grad, resolve_onnx_path, unet_feed
+from noisefast.denoisers.onnx_io import ExportedUNetDenoiser
 
 _NP_DTYPES = {
     torch.float32: np.float32,
@@ -36,7 +35,7 @@ def _import_onnxruntime():
     return onnxruntime
 
 
-class OnnxRuntimeDenoiser:
+class OnnxRuntimeDenoiser(ExportedUNetDenoiser):
     """``model_out = den(x, t, cond)`` through an ONNX Runtime session over an exported UNet.
 
     ``path``: an export folder or ``.onnx`` file. ``providers``: ONNX Runtime provider list (default:
@@ -45,11 +44,12 @@ class OnnxRuntimeDenoiser:
     compete for the same cores). ``session_options`` overrides all of that when given.
     """
 
-    def __init__(self, path, *, providers=None, device_id: int = 0, num_threads: int | None = None, session_options=None):
+    backend = "onnxruntime"
+
+    def __init__(self, path, *, providers=None, device_id: int = 0, num_threads: int | None = None,
+                 session_options=None):
         ort = _import_onnxruntime()
-        self.path = resolve_onnx_path(path)
-        self.inputs, self.output = read_onnx_specs(self.path)
-        self.in_channels, self.sample_size = latent_geometry(self.path, self.inputs)
+        super().__init__(path)
         if providers is None:
             cuda = "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available()
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
@@ -64,22 +64,10 @@ class OnnxRuntimeDenoiser:
         self.device = torch.device("cuda", device_id) if on_cuda else torch.device("cpu")
         self._ort_device = ("cuda", device_id) if on_cuda else ("cpu", 0)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of the graph's ``sample`` input (the precision it was exported in)."""
-        return self.inputs["sample"].dtype
-
     def __repr__(self) -> str:
         return f"OnnxRuntimeDenoiser({str(self.path)!r}, device={self.device}, dtype={self.dtype})"
 
-    def __call__(
-        self,
-        x: torch.Tensor,  # [B, C, H, W]
-        t: torch.Tensor,  # [B] timesteps
-        cond: Condition,  # batch B or 1
-    ) -> torch.Tensor:  # [B, C_out, H, W], x's dtype and device
-        require_no_grad("onnxruntime", x, cond)
-        feed = unet_feed(x, t, cond, self.inputs, self.device)
+    def _run(self, feed: dict[str, torch.Tensor]) -> torch.Tensor:
         b, _, h, w = feed["sample"].shape
         c_out = self.output.shape[1] if isinstance(self.output.shape[1], int) else feed["sample"].shape[1]
         out = torch.empty((b, c_out, h, w), dtype=self.output.dtype, device=self.device)
@@ -94,4 +82,4 @@ class OnnxRuntimeDenoiser:
             # synchronises its stream before run_with_iobinding returns, so `out` is ready after it.
             torch.cuda.current_stream(self.device).synchronize()
         self.session.run_with_iobinding(binding)
-        return out.to(device=x.device, dtype=x.dtype)
+        return out

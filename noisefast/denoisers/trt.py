@@ -27,17 +27,7 @@ from pathlib import Path
 import torch
 
 from noisefast.denoisers.artifacts import atomic_write_bytes, default_cache_dir
-from noisefast.denoisers.base import Condition
-from noisefast.denoisers.onnx_io import (
-    latent_geometry,
-    TensorSpec,
-    onnx_content_hash,
-    onnx_files,
-    read_onnx_specs,
-    require_no_grad,
-    resolve_onnx_path,
-    unet_feed,
-)
+from noisefast.denoisers.onnx_io import ExportedUNetDenoiser, TensorSpec, onnx_content_hash, onnx_files
 
 log = logging.getLogger(__name__)
 GiB = 1 << 30
@@ -188,7 +178,7 @@ def build_engine(onnx_path, profiles, *, timing_cache: Path, workspace_bytes=Non
         config.add_optimization_profile(profile)
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
     if not config.set_timing_cache(cache, ignore_mismatch=False):
-        log.warning("engine build: timing cache %s does not match this TensorRT/GPU; starting a fresh one", timing_cache)
+        log.warning("engine build: timing cache %s does not fit this TensorRT/GPU; starting afresh", timing_cache)
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
     monitor = _progress_monitor(trt) if hasattr(trt, "IProgressMonitor") else None  # must outlive the build
     if monitor is not None:
@@ -196,13 +186,13 @@ def build_engine(onnx_path, profiles, *, timing_cache: Path, workspace_bytes=Non
     t0 = time.perf_counter()
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT errors logged above)")
+        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT errors logged)")
     log.info("engine build: done in %.0f s (%.2f GiB)", time.perf_counter() - t0, plan.nbytes / GiB)
     atomic_write_bytes(timing_cache, config.get_timing_cache().serialize())
     return plan
 
 
-class TensorRTDenoiser:
+class TensorRTDenoiser(ExportedUNetDenoiser):
     """``model_out = den(x, t, cond)`` through a cached TensorRT engine of an exported UNet.
 
     ``profiles``: batch ranges ``(min, opt, max)``, one optimisation profile each (count the CFG
@@ -211,6 +201,8 @@ class TensorRTDenoiser:
     scratch memory (default: TensorRT's, the whole GPU). ``cuda_graph`` replays a captured graph
     while the input shapes stay the same.
     """
+
+    backend = "tensorrt"
 
     def __init__(
         self,
@@ -225,57 +217,62 @@ class TensorRTDenoiser:
         device=None,
     ):
         trt = require_tensorrt()
-        self.path = resolve_onnx_path(path)
-        self.inputs, self.output = read_onnx_specs(self.path)
-        self.in_channels, self.sample_size = latent_geometry(self.path, self.inputs)
-        self.device = torch.device("cuda", torch.cuda.current_device() if device is None else torch.device(device).index or 0)
+        super().__init__(path)
+        index = torch.cuda.current_device() if device is None else (torch.device(device).index or 0)
+        self.device = torch.device("cuda", index)
         self.batch_ranges = [tuple(p) for p in profiles]
         if not self.batch_ranges:
             raise ValueError("profiles must name at least one (min, opt, max) batch range")
-        shapes = [profile_shapes(self.inputs, b, latent_size) for b in self.batch_ranges]
         self.cuda_graph = cuda_graph
-        gpu = torch.cuda.get_device_name(self.device)
-        key_parts = dict(
-            onnx_sha256=onnx_content_hash(self.path), profiles=shapes, tensorrt=trt.__version__, gpu=gpu,
-            compute_capability=torch.cuda.get_device_capability(self.device), workspace_bytes=workspace_bytes,
-            optimization_level=optimization_level, strongly_typed=True,
+        self.gpu = torch.cuda.get_device_name(self.device)
+        self._build_options = dict(workspace_bytes=workspace_bytes, optimization_level=optimization_level)
+        shapes = [profile_shapes(self.inputs, b, latent_size) for b in self.batch_ranges]
+        self.key_parts = dict(
+            onnx_sha256=onnx_content_hash(self.path), profiles=shapes, tensorrt=trt.__version__, gpu=self.gpu,
+            compute_capability=torch.cuda.get_device_capability(self.device), strongly_typed=True,
+            **self._build_options,
         )
-        cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "tensorrt"
-        self.engine_path = cache_dir / f"unet-{engine_cache_key(**key_parts)[:24]}.engine"
-        free, total = torch.cuda.mem_get_info(self.device)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "tensorrt"
+        self.engine_path = self.cache_dir / f"unet-{engine_cache_key(**self.key_parts)[:24]}.engine"
 
-        # 1. The serialized engine: from the cache, or built (then cached atomically).
         with torch.cuda.device(self.device):
-            if self.engine_path.is_file():
-                log.info("loading cached TensorRT engine %s", self.engine_path)
-                check_free_memory(self.engine_path.stat().st_size, free, total, "loading the engine", gpu)
-                plan = self.engine_path.read_bytes()
-            else:
-                weights = sum(f.stat().st_size for f in onnx_files(self.path))
-                # the builder holds the parsed weights and the engine under construction, plus scratch
-                check_free_memory(2 * weights + (workspace_bytes or GiB), free, total, "building the engine", gpu)
-                log.info("building TensorRT engine for %s (profiles %s) -> %s", self.path, self.batch_ranges, self.engine_path)
-                timing_cache = cache_dir / f"timing-{trt.__version__}-sm{''.join(map(str, key_parts['compute_capability']))}.cache"
-                plan = build_engine(self.path, shapes, timing_cache=timing_cache, workspace_bytes=workspace_bytes,
-                                    optimization_level=optimization_level)
-                atomic_write_bytes(self.engine_path, plan)
-                atomic_write_bytes(self.engine_path.with_suffix(".json"), json.dumps(key_parts, indent=1, default=str).encode())
-            # 2. Engine and execution context.
+            plan = self._cached_or_built_plan(trt, shapes)
+            # Engine and execution context.
             self._runtime = trt.Runtime(_trt_logger(trt))
             self.engine = self._runtime.deserialize_cuda_engine(plan)
             if self.engine is None:
                 raise RuntimeError(f"TensorRT could not deserialize {self.engine_path}; delete it to rebuild")
             self.context = self.engine.create_execution_context()
             if self.context is None:
-                raise InsufficientGpuMemoryError(f"TensorRT could not create an execution context for {self.engine_path} "
-                                                 f"(activation memory) on {gpu} with {free / GiB:.1f} GiB free")
+                free, _ = torch.cuda.mem_get_info(self.device)
+                raise InsufficientGpuMemoryError(
+                    f"TensorRT could not create an execution context (activation memory) for {self.engine_path} "
+                    f"on {self.gpu} with {free / GiB:.1f} GiB free"
+                )
         self._out_dtype = _torch_dtype(trt, self.engine.get_tensor_dtype(self.output.name))
         self._profile = 0
         self._graph = None  # (shape key, CUDAGraph, static inputs, static output)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.inputs["sample"].dtype
+    def _cached_or_built_plan(self, trt, shapes):
+        """The serialized engine: read from the cache, or built and then cached (atomically)."""
+        free, total = torch.cuda.mem_get_info(self.device)
+        if self.engine_path.is_file():
+            log.info("loading cached TensorRT engine %s", self.engine_path)
+            check_free_memory(self.engine_path.stat().st_size, free, total, "loading the engine", self.gpu)
+            return self.engine_path.read_bytes()
+        # The builder holds the parsed weights and the engine under construction, plus its scratch.
+        weights = sum(f.stat().st_size for f in onnx_files(self.path))
+        scratch = self._build_options["workspace_bytes"] or GiB
+        check_free_memory(2 * weights + scratch, free, total, "building the engine", self.gpu)
+        log.info("building TensorRT engine for %s, batch profiles %s -> %s", self.path, self.batch_ranges,
+                 self.engine_path)
+        sm = "".join(map(str, self.key_parts["compute_capability"]))
+        timing_cache = self.cache_dir / f"timing-{trt.__version__}-sm{sm}.cache"
+        plan = build_engine(self.path, shapes, timing_cache=timing_cache, **self._build_options)
+        atomic_write_bytes(self.engine_path, plan)
+        sidecar = json.dumps(self.key_parts, indent=1, default=str).encode()
+        atomic_write_bytes(self.engine_path.with_suffix(".json"), sidecar)
+        return plan
 
     def __repr__(self) -> str:
         return f"TensorRTDenoiser({str(self.path)!r}, engine={str(self.engine_path)!r}, dtype={self.dtype})"
@@ -293,13 +290,14 @@ class TensorRTDenoiser:
         for name, v in feed.items():
             self.context.set_input_shape(name, tuple(v.shape))
             self.context.set_tensor_address(name, v.data_ptr())
-        out = torch.empty(tuple(self.context.get_tensor_shape(self.output.name)), dtype=self._out_dtype, device=self.device)
+        shape = tuple(self.context.get_tensor_shape(self.output.name))
+        out = torch.empty(shape, dtype=self._out_dtype, device=self.device)
         self.context.set_tensor_address(self.output.name, out.data_ptr())
         return out
 
     def _enqueue(self, stream: int) -> None:
         if not self.context.execute_async_v3(stream):
-            raise RuntimeError(f"TensorRT execution failed for {self.engine_path} (see the TensorRT errors logged above)")
+            raise RuntimeError(f"TensorRT execution failed for {self.engine_path} (see the TensorRT errors logged)")
 
     def _run_graph(self, feed, profile: int, stream) -> torch.Tensor:
         key = (profile, *(tuple(v.shape) for v in feed.values()))
@@ -320,20 +318,12 @@ class TensorRTDenoiser:
         self._graph = (key, graph, static, out)
         return out.clone()
 
-    def __call__(
-        self,
-        x: torch.Tensor,  # [B, C, H, W]
-        t: torch.Tensor,  # [B] timesteps
-        cond: Condition,  # batch B or 1
-    ) -> torch.Tensor:  # [B, C_out, H, W], x's dtype and device
-        require_no_grad("tensorrt", x, cond)
-        feed = unet_feed(x, t, cond, self.inputs, self.device)
-        profile = self._profile_for(x.shape[0])
+    def _run(self, feed: dict[str, torch.Tensor]) -> torch.Tensor:
+        profile = self._profile_for(feed["sample"].shape[0])
         with torch.cuda.device(self.device):
             stream = torch.cuda.current_stream(self.device)
             if self.cuda_graph:
-                out = self._run_graph(feed, profile, stream)
-            else:
-                out = self._bind(feed, profile, stream.cuda_stream)
-                self._enqueue(stream.cuda_stream)
-        return out.to(device=x.device, dtype=x.dtype)
+                return self._run_graph(feed, profile, stream)
+            out = self._bind(feed, profile, stream.cuda_stream)
+            self._enqueue(stream.cuda_stream)
+        return out
