@@ -1,2 +1,378 @@
-"""TEMPORARY: forwards to the pure-torch reference until the fused kernels land (issue 2)."""
-from noisefast.ref import cosine_similarity, ddim_move, momentum_step_  # noqa: F401
+"""Fused kernels (csrc/) as ``torch.library`` custom ops, with the signatures of ``noisefast.ref``.
+
+Public functions (same signatures and results as ``noisefast.ref``):
+
+* :func:`ddim_move` — guided DDIM move, epsilon or v prediction, optional x̂₀ clipping;
+* :func:`cosine_similarity` — per-sample cosine ``[B]`` over all non-batch dims;
+* :func:`momentum_step_` — in-place heavy-ball / Nesterov step with optional renormalisation.
+
+Conventions:
+
+* Tensors are ``[B, ...]`` with float32, float16, bfloat16 or float64 storage (math in float32 or
+  wider). Non-contiguous inputs are accepted and copied to contiguous memory first; the in-place
+  ``momentum_step_`` writes its results back into the caller's (non-contiguous) tensors.
+* ``alpha_from``, ``alpha_to``, ``guidance_scale``, ``lr`` and ``renorm`` are Python numbers or
+  per-sample ``[B]`` tensors (any device). They are treated as constants: no gradient flows to them.
+  Gradients flow to ``x``, ``model_out`` and ``model_out_uncond`` (ddim_move) and to ``a``, ``b``
+  (cosine_similarity), computed by fused backward kernels.
+* CPU tensors run ``noisefast._C``, CUDA tensors ``noisefast._C_cuda`` on the current stream.
+  float64 on CUDA, other devices, or a missing extension run the ``noisefast.ref`` code instead (the
+  last two with one ``ExtensionFallbackWarning``).
+* Bad input raises ``TypeError`` (types, dtypes) or ``ValueError`` (shapes, devices, values) naming
+  what was passed. Checking per-sample tensors' values reads them (a device sync on CUDA).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from noisefast import _ext, ref
+
+__all__ = ["cosine_similarity", "ddim_move", "momentum_step_"]
+
+_DTYPES = tuple(_ext.DTYPE_CODES)
+
+
+# --- validation ----------------------------------------------------------------------------------------
+
+
+def _check_tensors(op: str, min_ndim: int, **tensors: Tensor | None) -> Tensor:
+    """All given tensors: floating storage, the same shape/dtype/device, ndim ≥ min_ndim. Returns the first."""
+    named = [(n, t) for n, t in tensors.items() if t is not None]
+    for name, t in named:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in _DTYPES:
+            raise TypeError(f"{op}: {name} has dtype {t.dtype}; supported: float32, float16, bfloat16, float64")
+    first_name, first = named[0]
+    if first.ndim < min_ndim:
+        raise ValueError(f"{op}: {first_name} must have at least {min_ndim} dims [B, ...], got shape {tuple(first.shape)}")
+    for name, t in named[1:]:
+        if t.shape != first.shape:
+            raise ValueError(f"{op}: {name} has shape {tuple(t.shape)} but {first_name} has {tuple(first.shape)}")
+        if t.dtype != first.dtype:
+            raise TypeError(f"{op}: {name} has dtype {t.dtype} but {first_name} has {first.dtype}")
+        if t.device != first.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but {first_name} is on {first.device}")
+    return first
+
+
+class _Range:
+    """A condition on coefficient values, for Python numbers and tensors alike (NaN always fails)."""
+
+    def __init__(self, text: str, lo: float, hi: float, lo_open: bool):
+        self.text, self.lo, self.hi, self.lo_open = text, lo, hi, lo_open
+
+    def scalar_ok(self, v: float) -> bool:
+        return (v > self.lo if self.lo_open else v >= self.lo) and v <= self.hi and math.isfinite(v)
+
+    def tensor_ok(self, t: Tensor) -> Tensor:
+        return ((t > self.lo) if self.lo_open else (t >= self.lo)) & (t <= self.hi) & t.isfinite()
+
+
+_UNIT = _Range("in (0, 1]", 0.0, 1.0, lo_open=True)
+_FINITE = _Range("finite", -math.inf, math.inf, lo_open=False)
+_POSITIVE = _Range("finite and > 0", 0.0, math.inf, lo_open=True)
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _coef(op: str, name: str, value, x: Tensor, allowed: _Range) -> Tensor:
+    """A float or [B] tensor → contiguous [B] in the accumulation dtype on x's device (detached)."""
+    B = x.shape[0]
+    acc = _acc_dtype(x.dtype)
+    if isinstance(value, Tensor):
+        if value.dtype.is_complex or value.dtype == torch.bool:
+            raise TypeError(f"{op}: {name} must be real, got dtype {value.dtype}")
+        if not (value.ndim == 0 or value.shape == (B,)):
+            raise ValueError(f"{op}: {name} must be a float or a [B] tensor with B = {B}, got shape {tuple(value.shape)}")
+        t = value.detach().to(device=x.device, dtype=acc)
+        bad = ~allowed.tensor_ok(t)
+        if bool(bad.any()):
+            raise ValueError(f"{op}: {name} must be {allowed.text}; got {t[bad].flatten()[:4].tolist()}")
+        return t.expand(B).contiguous()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not allowed.scalar_ok(float(value)):
+            raise ValueError(f"{op}: {name} must be {allowed.text}; got {value!r}")
+        return torch.full((B,), float(value), dtype=acc, device=x.device)
+    raise TypeError(f"{op}: {name} must be a float or a [B] tensor, got {type(value).__name__}")
+
+
+def _kernels(x: Tensor):
+    """The extension module for x's device, or None: run the reference (fp64 on CUDA, fallback)."""
+    if x.device.type == "cuda" and x.dtype == torch.float64:
+        return None  # the CUDA kernels have no float64 path; ref.py is exact there
+    return _ext.backend(x.device)
+
+
+# --- launching -----------------------------------------------------------------------------------------
+
+
+def _ptr(t: Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _sizes(x: Tensor) -> dict:
+    B = x.shape[0]
+    return {"B": B, "N": x.numel() // B if B else 0, "dtype": _ext.DTYPE_CODES[x.dtype]}
+
+
+def _run(device: torch.device, kernel: str, /, **args) -> None:
+    """Calls kernel on device: CPU with torch's thread count, CUDA on the current stream."""
+    module = _ext.backend(device)
+    if module is None:
+        raise RuntimeError(f"noisefast.ops: no fused kernels for {device} (see noisefast.build_info())")
+    fn = getattr(module, kernel)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            fn(**args, stream=torch.cuda.current_stream(device).cuda_stream)
+    else:
+        fn(**args, nthreads=torch.get_num_threads())
+
+
+def _workspace(x: Tensor, kernel: str) -> Tensor:
+    nbytes = getattr(_ext.backend(x.device), f"{kernel}_workspace_bytes")(x.shape[0], _sizes(x)["N"])
+    return torch.empty(nbytes, dtype=torch.uint8, device=x.device)
+
+
+def _contiguous(*tensors: Tensor | None) -> list[Tensor | None]:
+    return [None if t is None else t.contiguous() for t in tensors]
+
+
+def _direct(*tensors: Tensor | None) -> bool:
+    """Whether an eager call may run the kernel function itself rather than dispatch the custom op.
+
+    True when nothing needs the dispatcher: no autograd graph to record, no tracing (torch.compile),
+    no dispatch mode (FakeTensor, functionalization), no functorch transform (vmap, grad), plain
+    tensors only. The custom op would then call the very same function, after 10-30 µs of Python
+    dispatch — more than the kernel itself takes on a 64×64 latent.
+    """
+    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
+        return False
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        return False
+    grad_mode = torch.is_grad_enabled()
+    return all(t is None or (type(t) is Tensor and not (grad_mode and t.requires_grad)) for t in tensors)
+
+
+# --- ddim_move -----------------------------------------------------------------------------------------
+
+
+def _ddim_move_impl(
+    x: Tensor, model_out: Tensor, model_out_uncond: Tensor | None, alpha_from: Tensor, alpha_to: Tensor,
+    guidance: Tensor, prediction_type: str, clip_sample_range: float | None,
+) -> Tensor:
+    x, m_c, m_u = _contiguous(x, model_out, model_out_uncond)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    _run(x.device, "ddim_move", out=_ptr(out), x=_ptr(x), m_c=_ptr(m_c), m_u=_ptr(m_u), alpha_from=_ptr(alpha_from),
+         alpha_to=_ptr(alpha_to), guidance=_ptr(guidance), v_prediction=prediction_type == "v_prediction",
+         clip_range=clip_sample_range, **_sizes(x))
+    return out
+
+
+_ddim_move_op = torch.library.custom_op("noisefast::ddim_move", _ddim_move_impl, mutates_args=())
+
+
+@_ddim_move_op.register_fake
+def _(x, model_out, model_out_uncond, alpha_from, alpha_to, guidance, prediction_type, clip_sample_range):
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("noisefast::ddim_move_backward", mutates_args=())
+def _ddim_move_backward_op(
+    grad: Tensor, x: Tensor | None, model_out: Tensor | None, model_out_uncond: Tensor | None, alpha_from: Tensor,
+    alpha_to: Tensor, guidance: Tensor, prediction_type: str, clip_sample_range: float | None, has_uncond: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(∂L/∂x, ∂L/∂m_c, ∂L/∂m_u); the last is empty without guidance. x/model_out(s) only with clipping."""
+    grad, x, m_c, m_u = _contiguous(grad, x, model_out, model_out_uncond)
+    dx, dm_c = torch.empty_like(grad), torch.empty_like(grad)
+    dm_u = torch.empty_like(grad) if has_uncond else grad.new_empty(0)
+    _run(grad.device, "ddim_move_backward", dx=_ptr(dx), dm_c=_ptr(dm_c), dm_u=_ptr(dm_u if has_uncond else None),
+         grad=_ptr(grad), x=_ptr(x), m_c=_ptr(m_c), m_u=_ptr(m_u), alpha_from=_ptr(alpha_from),
+         alpha_to=_ptr(alpha_to), guidance=_ptr(guidance), v_prediction=prediction_type == "v_prediction",
+         clip_range=clip_sample_range, **_sizes(grad))
+    return dx, dm_c, dm_u
+
+
+@_ddim_move_backward_op.register_fake
+def _(grad, x, model_out, model_out_uncond, alpha_from, alpha_to, guidance, prediction_type, clip_sample_range,
+      has_uncond):
+    return grad.new_empty(grad.shape), grad.new_empty(grad.shape), grad.new_empty(grad.shape if has_uncond else (0,))
+
+
+def _ddim_move_setup(ctx, inputs, output):
+    x, m_c, m_u, alpha_from, alpha_to, guidance, prediction_type, clip = inputs
+    clipped = clip is not None  # only the clamp mask needs the inputs themselves
+    ctx.save_for_backward(x if clipped else None, m_c if clipped else None, m_u if clipped else None,
+                          alpha_from, alpha_to, guidance)
+    ctx.prediction_type, ctx.clip, ctx.has_uncond = prediction_type, clip, m_u is not None
+
+
+def _ddim_move_backward(ctx, grad):
+    x, m_c, m_u, alpha_from, alpha_to, guidance = ctx.saved_tensors
+    dx, dm_c, dm_u = _ddim_move_backward_op(grad, x, m_c, m_u, alpha_from, alpha_to, guidance, ctx.prediction_type,
+                                            ctx.clip, ctx.has_uncond)
+    return dx, dm_c, dm_u if ctx.has_uncond else None, None, None, None, None, None
+
+
+_ddim_move_op.register_autograd(_ddim_move_backward, setup_context=_ddim_move_setup)
+
+
+def ddim_move(
+    x: Tensor,  # [B, ...] latent at cumulative alpha `alpha_from`
+    model_out: Tensor,  # [B, ...] conditional model output m_c
+    alpha_from,  # float or [B]: a = ᾱ_from, in (0, 1]
+    alpha_to,  # float or [B]: a' = ᾱ_to, in (0, 1]
+    *,
+    model_out_uncond: Tensor | None = None,  # [B, ...] unconditional model output m_u
+    guidance_scale=1.0,  # float or [B]: w (finite)
+    prediction_type: str = "epsilon",
+    clip_sample_range: float | None = None,
+) -> Tensor:  # [B, ...] latent at cumulative alpha `alpha_to`
+    """One guided DDIM move (η = 0) from ᾱ_from to ᾱ_to in one fused pass; see ``noisefast.ref.ddim_move``."""
+    op = "ddim_move"
+    _check_tensors(op, 1, x=x, model_out=model_out, model_out_uncond=model_out_uncond)
+    if prediction_type not in ref.PREDICTION_TYPES:
+        raise ValueError(f"{op}: prediction_type must be one of {ref.PREDICTION_TYPES}, got {prediction_type!r}")
+    if clip_sample_range is not None:
+        if isinstance(clip_sample_range, bool) or not isinstance(clip_sample_range, (int, float)):
+            raise TypeError(f"{op}: clip_sample_range must be None or a float, got {type(clip_sample_range).__name__}")
+        if not _POSITIVE.scalar_ok(float(clip_sample_range)):
+            raise ValueError(f"{op}: clip_sample_range must be {_POSITIVE.text}; got {clip_sample_range!r}")
+        clip_sample_range = float(clip_sample_range)
+    a_from = _coef(op, "alpha_from", alpha_from, x, _UNIT)
+    a_to = _coef(op, "alpha_to", alpha_to, x, _UNIT)
+    w = _coef(op, "guidance_scale", guidance_scale, x, _FINITE)
+    if _kernels(x) is None:
+        return ref.ddim_move(x, model_out, a_from, a_to, model_out_uncond=model_out_uncond, guidance_scale=w,
+                             prediction_type=prediction_type, clip_sample_range=clip_sample_range)
+    fn = _ddim_move_impl if _direct(x, model_out, model_out_uncond) else _ddim_move_op
+    return fn(x, model_out, model_out_uncond, a_from, a_to, w, prediction_type, clip_sample_range)
+
+
+# --- cosine_similarity ---------------------------------------------------------------------------------
+
+
+def _cosine_impl(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """(cos [B], stats [B, 3] = (⟨a,b⟩, ‖a‖², ‖b‖²) in the accumulation dtype)."""
+    a, b = _contiguous(a, b)
+    B = a.shape[0]
+    cos = torch.empty(B, dtype=a.dtype, device=a.device)
+    stats = torch.empty(B, 3, dtype=_acc_dtype(a.dtype), device=a.device)
+    workspace = _workspace(a, "cosine")  # referenced until the kernel has run
+    _run(a.device, "cosine", cos=_ptr(cos), stats=_ptr(stats), a=_ptr(a), b=_ptr(b), workspace=_ptr(workspace),
+         **_sizes(a))
+    return cos, stats
+
+
+_cosine_op = torch.library.custom_op("noisefast::cosine_similarity", _cosine_impl, mutates_args=())
+
+
+@_cosine_op.register_fake
+def _(a, b):
+    return a.new_empty(a.shape[0]), a.new_empty((a.shape[0], 3), dtype=_acc_dtype(a.dtype))
+
+
+@torch.library.custom_op("noisefast::cosine_similarity_backward", mutates_args=())
+def _cosine_backward_op(grad: Tensor, a: Tensor, b: Tensor, stats: Tensor) -> tuple[Tensor, Tensor]:
+    grad, a, b, stats = _contiguous(grad, a, b, stats)
+    da, db = torch.empty_like(a), torch.empty_like(b)
+    _run(a.device, "cosine_backward", da=_ptr(da), db=_ptr(db), grad=_ptr(grad), a=_ptr(a), b=_ptr(b), stats=_ptr(stats),
+         **_sizes(a))
+    return da, db
+
+
+@_cosine_backward_op.register_fake
+def _(grad, a, b, stats):
+    return a.new_empty(a.shape), b.new_empty(b.shape)
+
+
+def _cosine_setup(ctx, inputs, output):
+    a, b = inputs
+    stats = output[1]
+    ctx.mark_non_differentiable(stats)
+    ctx.save_for_backward(a, b, stats)
+
+
+def _cosine_backward(ctx, grad_cos, grad_stats):
+    a, b, stats = ctx.saved_tensors
+    return _cosine_backward_op(grad_cos, a, b, stats)
+
+
+_cosine_op.register_autograd(_cosine_backward, setup_context=_cosine_setup)
+
+
+def cosine_similarity(
+    a: Tensor,  # [B, ...]
+    b: Tensor,  # [B, ...]
+) -> Tensor:  # [B]
+    """Per-sample ⟨a, b⟩ / max(‖a‖·‖b‖, 1e-12) over all non-batch dims in one pass; zero vectors give 0."""
+    _check_tensors("cosine_similarity", 2, a=a, b=b)
+    if _kernels(a) is None:
+        return ref.cosine_similarity(a, b)
+    return (_cosine_impl if _direct(a, b) else _cosine_op)(a, b)[0]
+
+
+# --- momentum_step_ ------------------------------------------------------------------------------------
+
+
+def _momentum_impl(
+    x: Tensor, grad: Tensor, velocity: Tensor, lr: Tensor, momentum: float, nesterov: bool, renorm: Tensor | None,
+) -> None:
+    xc, g, vc = _contiguous(x, grad, velocity)  # copies only for non-contiguous x / velocity ...
+    workspace = _workspace(xc, "momentum") if renorm is not None else None  # referenced until the kernel has run
+    _run(xc.device, "momentum_step", x=_ptr(xc), grad=_ptr(g), velocity=_ptr(vc), lr=_ptr(lr), renorm=_ptr(renorm),
+         workspace=_ptr(workspace), momentum=momentum, nesterov=nesterov, **_sizes(xc))
+    if xc is not x:  # ... whose results go back into the caller's tensors
+        x.copy_(xc)
+    if vc is not velocity:
+        velocity.copy_(vc)
+
+
+_momentum_op = torch.library.custom_op("noisefast::momentum_step_", _momentum_impl, mutates_args=("x", "velocity"))
+
+
+@_momentum_op.register_fake
+def _(x, grad, velocity, lr, momentum, nesterov, renorm):
+    return None
+
+
+def momentum_step_(
+    x: Tensor,  # [B, ...] updated in place
+    grad: Tensor,  # [B, ...]
+    velocity: Tensor,  # [B, ...] updated in place
+    *,
+    lr,  # float or [B] (finite)
+    momentum: float,  # μ (finite)
+    nesterov: bool = False,
+    renorm=None,  # None, or float / [B] (> 0): target per-sample norm of x after the step
+) -> Tensor:
+    """v ← μ·v + g;  x ← x − lr·v  (Nesterov: x ← x − lr·(g + μ·v)); optionally x ← x·ρ/‖x‖. Returns x."""
+    op = "momentum_step_"
+    _check_tensors(op, 1, x=x, grad=grad, velocity=velocity)
+    if not torch.compiler.is_compiling() and x.numel():
+        starts = {"x": x.data_ptr(), "grad": grad.data_ptr(), "velocity": velocity.data_ptr()}
+        if len(set(starts.values())) < 3:
+            raise ValueError(f"{op}: x, grad and velocity must not share memory (data pointers {starts})")
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
+        raise TypeError(f"{op}: momentum must be a float, got {type(momentum).__name__}")
+    if not math.isfinite(momentum):
+        raise ValueError(f"{op}: momentum must be finite, got {momentum!r}")
+    lr_t = _coef(op, "lr", lr, x, _FINITE)
+    renorm_t = None if renorm is None else _coef(op, "renorm", renorm, x, _POSITIVE)
+    if _kernels(x) is None:
+        return ref.momentum_step_(x, grad, velocity, lr=lr_t, momentum=float(momentum), nesterov=bool(nesterov),
+                                  renorm=renorm_t)
+    args = (x, grad, velocity, lr_t, float(momentum), bool(nesterov), renorm_t)
+    if _direct(x, grad, velocity):
+        _momentum_impl(*args)
+        torch.autograd.graph.increment_version((x, velocity))  # as the dispatcher does for in-place ops
+    else:
+        _momentum_op(*args)
+    return x

@@ -1,0 +1,95 @@
+// CUDA momentum step: (1) one block per (row, chunk) updates x and v in place and, when
+// renormalising, writes the chunk's Σx²; (2) each block adds its row's partials in order and
+// rescales its chunk (every block of a row computes the same scale).
+#include "cuda_common.cuh"
+#include "momentum/momentum.h"
+
+namespace noisefast {
+namespace cuda {
+namespace {
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) momentum_update_kernel(const MomentumArgs p, const bool vec) {
+  double* partial = static_cast<double*>(p.workspace);  // [B, chunks per row] or unused
+  const int64_t per_row = chunks_per_row(p.N);
+  const float mu = float(p.momentum);
+  for_each_chunk(p.B, p.N, [&](int64_t b, int64_t c, int64_t lo, int64_t hi) {
+    const float lr = static_cast<const float*>(p.lr)[b];
+    const int64_t row = b * p.N;
+    T* x = static_cast<T*>(p.x) + row;
+    T* v = static_cast<T*>(p.velocity) + row;
+    const T* g = static_cast<const T*>(p.grad) + row;
+    float sum_sq = 0.f;
+    chunk_loop<T>(lo, hi, vec, [&](int64_t i, auto n) {
+      constexpr int kN = decltype(n)::value;
+      Pack<kN> xi = load<T, kN>(x + i), vi = load<T, kN>(v + i);
+      const Pack<kN> gi = load<T, kN>(g + i);
+#pragma unroll
+      for (int j = 0; j < kN; ++j) {
+        xi.v[j] = momentum_element(xi.v[j], gi.v[j], vi.v[j], lr, mu, p.nesterov);
+        if (p.renorm) {
+          const float stored = to_acc(from_acc<T>(xi.v[j]));  // the norm of what is stored
+          sum_sq = fmaf(stored, stored, sum_sq);
+        }
+      }
+      store<T, kN>(x + i, xi);
+      store<T, kN>(v + i, vi);
+    });
+    if (p.renorm) {
+      double s[1] = {sum_sq};
+      block_sum(s);
+      if (threadIdx.x == 0) partial[b * per_row + c] = s[0];
+    }
+  });
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) momentum_renorm_kernel(const MomentumArgs p, const bool vec) {
+  __shared__ float scale;
+  const double* partial = static_cast<const double*>(p.workspace);
+  const int64_t per_row = chunks_per_row(p.N);
+  for_each_chunk(p.B, p.N, [&](int64_t b, int64_t, int64_t lo, int64_t hi) {
+    if (threadIdx.x < 32) {
+      const double sum_sq = warp_sum_strided(partial + b * per_row, per_row, 1);
+      if (threadIdx.x == 0) scale = float(renorm_scale(static_cast<const float*>(p.renorm)[b], sum_sq));
+    }
+    __syncthreads();
+    const float s = scale;
+    T* x = static_cast<T*>(p.x) + b * p.N;
+    chunk_loop<T>(lo, hi, vec, [&](int64_t i, auto n) {
+      constexpr int kN = decltype(n)::value;
+      Pack<kN> xi = load<T, kN>(x + i);
+#pragma unroll
+      for (int j = 0; j < kN; ++j) xi.v[j] *= s;
+      store<T, kN>(x + i, xi);
+    });
+    __syncthreads();  // `scale` is rewritten for the block's next chunk
+  });
+}
+
+}  // namespace
+}  // namespace cuda
+
+size_t momentum_workspace_bytes_cuda(int64_t B, int64_t N) {
+  check_sizes(B, N);
+  return size_t(B * cuda::chunks_per_row(N)) * sizeof(double);
+}
+
+void momentum_step_cuda(const MomentumArgs& p, const Launch& launch) {
+  check_sizes(p.B, p.N);
+  const cuda::Grid g = cuda::chunk_grid(p.B, p.N);
+  if (g.empty) return;
+  const cudaStream_t stream = cuda::stream_of(launch);
+  cuda::dispatch_dtype(p.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const bool vec = cuda::vectorisable<T>(p.B, p.N, {p.x, p.grad, p.velocity});
+    cuda::momentum_update_kernel<T><<<g.blocks, g.threads, 0, stream>>>(p, vec);
+    cuda::check_launch("momentum_update");
+    if (p.renorm) {
+      cuda::momentum_renorm_kernel<T><<<g.blocks, g.threads, 0, stream>>>(p, vec);
+      cuda::check_launch("momentum_renorm");
+    }
+  });
+}
+
+}  // namespace noisefast

@@ -1,0 +1,129 @@
+"""Loads the compiled kernels (``noisefast._C``, ``noisefast._C_cuda``) and says what is usable.
+
+Importing this module never fails: a missing or broken extension is recorded, and
+:func:`backend` answers ``None`` for that device, which makes ``noisefast.ops`` fall back to the
+pure-torch reference (``noisefast.ref``) with one :class:`ExtensionFallbackWarning`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import warnings
+from types import ModuleType
+
+import torch
+
+# Storage dtype codes shared with csrc/common.h (enum class DType).
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
+
+
+class ExtensionFallbackWarning(RuntimeWarning):
+    """A fused kernel is unavailable; noisefast.ops runs the pure-torch reference instead."""
+
+
+def _load(name: str) -> tuple[ModuleType | None, str | None]:
+    try:
+        return importlib.import_module(f"noisefast.{name}"), None
+    except Exception as exc:  # ImportError, or an OSError from a broken shared library
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+_C, _C_ERROR = _load("_C")
+_C_CUDA, _C_CUDA_ERROR = _load("_C_cuda")
+_WARNED: set[str] = set()
+
+
+def _version(code: int) -> str:
+    """12040 -> '12.4'."""
+    return f"{code // 1000}.{code % 1000 // 10}" if code else ""
+
+
+def _cuda_module_info() -> dict:
+    return _C_CUDA.build_info() if _C_CUDA is not None else {}
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_unusable_reason(device_index: int) -> str | None:
+    """Why ``_C_cuda`` cannot run on cuda:``device_index`` (None when it can)."""
+    if _C_CUDA is None:
+        return f"noisefast._C_cuda is not available ({_C_CUDA_ERROR})"
+    info = _cuda_module_info()
+    runtime, driver = info["cuda_runtime_version"], info["cuda_driver_version"]
+    if driver // 1000 < runtime // 1000:
+        return (f"the CUDA driver supports CUDA {_version(driver) or 'none'} but noisefast._C_cuda was built "
+                f"with CUDA {_version(runtime)}")
+    major, minor = torch.cuda.get_device_capability(device_index)
+    cc = 10 * major + minor
+    archs = info["cuda_archs"].split()
+    sass = [int(a.split("-")[0]) for a in archs if a.split("-")[0].isdigit()]
+    ptx = [int(a.split("-")[0]) for a in archs if not a.endswith("-real") and a.split("-")[0].isdigit()]
+    # SASS for sm_XY runs on sm_XZ with Z >= Y; PTX for compute_XY is JIT-compiled for any cc >= XY.
+    if not any(s // 10 == major and s <= cc for s in sass) and not any(p <= cc for p in ptx):
+        return f"noisefast._C_cuda was built for {info['cuda_archs']}, not for this GPU (sm_{cc})"
+    return None
+
+
+def backend(device: torch.device) -> ModuleType | None:
+    """The extension module that runs kernels on ``device``, or None (the caller falls back to ref)."""
+    if device.type == "cpu":
+        reason = None if _C is not None else f"noisefast._C is not available ({_C_ERROR})"
+        module = _C
+    elif device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        reason = _cuda_unusable_reason(index)
+        module = _C_CUDA
+    else:
+        reason, module = f"no fused kernels for device type {device.type!r}", None
+    if reason is None:
+        return module
+    if reason not in _WARNED:
+        _WARNED.add(reason)
+        warnings.warn(
+            f"noisefast.ops: {reason}; using the pure-torch reference (noisefast.ref) instead, which is "
+            "slower. Rebuild with `pip install --no-build-isolation -e .` to get the fused kernels.",
+            ExtensionFallbackWarning,
+            stacklevel=3,
+        )
+    return None
+
+
+def build_info() -> dict:
+    """What was built, with which toolchain, and what can run now.
+
+    Keys: ``version``, ``torch``; ``cpu_extension`` (bool), ``cpu_error``, ``openmp`` (the
+    ``_OPENMP`` date, 0 without), ``compiler``; ``cuda_mode`` (NOISEFAST_CUDA at build time),
+    ``cuda_compiler`` (the nvcc used, "" if none), ``cuda_extension`` (bool), ``cuda_error``,
+    ``cuda_archs``, ``cuda_version`` (runtime the kernels were built with), ``cuda_driver``,
+    ``cuda_devices``; ``torch_cuda`` (torch.cuda.is_available()), ``cuda_usable`` (fused CUDA
+    kernels run on the current GPU) and ``cuda_unusable_reason``.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        pkg_version = version("noisefast")
+    except PackageNotFoundError:
+        pkg_version = "unknown (not installed)"
+    cpu = _C.build_info() if _C is not None else {}
+    cuda = _cuda_module_info()
+    torch_cuda = torch.cuda.is_available()
+    reason = _cuda_unusable_reason(torch.cuda.current_device()) if torch_cuda else "torch sees no CUDA device"
+    return {
+        "version": pkg_version,
+        "torch": torch.__version__,
+        "cpu_extension": _C is not None,
+        "cpu_error": _C_ERROR,
+        "openmp": cpu.get("openmp", 0),
+        "compiler": cpu.get("compiler", ""),
+        "cuda_mode": cpu.get("cuda_mode", ""),
+        "cuda_compiler": cpu.get("cuda_compiler", ""),
+        "cuda_extension": _C_CUDA is not None,
+        "cuda_error": _C_CUDA_ERROR,
+        "cuda_archs": cuda.get("cuda_archs", "").split(),
+        "cuda_version": _version(cuda.get("cuda_runtime_version", 0)),
+        "cuda_driver": _version(cuda.get("cuda_driver_version", 0)),
+        "cuda_devices": cuda.get("device_count", 0),
+        "torch_cuda": torch_cuda,
+        "cuda_usable": torch_cuda and reason is None,
+        "cuda_unusable_reason": reason,
+    }
