@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
+import sys
 import warnings
 from types import ModuleType
 
@@ -54,14 +56,18 @@ def _cuda_unusable_reason(device_index: int) -> str | None:
         return (f"the CUDA driver supports CUDA {_version(driver) or 'none'} but noisefast._C_cuda was built "
                 f"with CUDA {_version(runtime)}")
     major, minor = torch.cuda.get_device_capability(device_index)
-    cc = 10 * major + minor
-    archs = info["cuda_archs"].split()
-    sass = [int(a.split("-")[0]) for a in archs if a.split("-")[0].isdigit()]
-    ptx = [int(a.split("-")[0]) for a in archs if not a.endswith("-real") and a.split("-")[0].isdigit()]
-    # SASS for sm_XY runs on sm_XZ with Z >= Y; PTX for compute_XY is JIT-compiled for any cc >= XY.
-    if not any(s // 10 == major and s <= cc for s in sass) and not any(p <= cc for p in ptx):
-        return f"noisefast._C_cuda was built for {info['cuda_archs']}, not for this GPU (sm_{cc})"
+    if not arch_supported(info["cuda_archs"], 10 * major + minor):
+        return f"noisefast._C_cuda was built for {info['cuda_archs']}, not for this GPU (sm_{major}{minor})"
     return None
+
+
+def arch_supported(archs: str, cc: int) -> bool:
+    """Whether a build for CMake CUDA architectures ``archs`` ("80-real 90") runs on compute capability ``cc`` (86).
+
+    SASS for sm_XY runs on sm_XZ with Z ≥ Y; PTX (an entry without "-real") is JIT-compiled for any cc ≥ XY.
+    """
+    entries = [(int(a.split("-")[0]), a.endswith("-real")) for a in archs.split() if a.split("-")[0].isdigit()]
+    return any((arch // 10 == cc // 10 and arch <= cc) or (not real and arch <= cc) for arch, real in entries)
 
 
 def backend(device: torch.device) -> ModuleType | None:
@@ -83,9 +89,18 @@ def backend(device: torch.device) -> ModuleType | None:
             f"noisefast.ops: {reason}; using the pure-torch reference (noisefast.ref) instead, which is "
             "slower. Rebuild with `pip install --no-build-isolation -e .` to get the fused kernels.",
             ExtensionFallbackWarning,
-            stacklevel=3,
+            stacklevel=_outside_package_stacklevel(),
         )
     return None
+
+
+def _outside_package_stacklevel() -> int:
+    """The warnings.warn stacklevel (as seen from backend()) of the first caller outside noisefast."""
+    package_dir = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(2), 2  # 1 = backend(), which calls warnings.warn
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package_dir + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def build_info() -> dict:
