@@ -9,8 +9,12 @@ Candidates are processed in chunks of at most ``max_batch`` (the denoiser sees `
 when guidance > 1). Gradients: when none is wanted (grad mode off, or neither the latent nor a condition
 tensor requires grad) everything runs under ``torch.inference_mode`` — the results are then inference
 tensors, not usable in a later autograd graph. When one is wanted, autograd flows through every
-denoiser call and move; ``checkpoint=True`` wraps each (call + move) in ``torch.utils.checkpoint``
-(non-reentrant), so only the latent entering each step is saved and the call is recomputed in backward.
+denoiser call and move; ``checkpoint=True`` checkpoints each (call + move): only the latent entering
+each step is saved and the call is recomputed in backward. When only the latent needs a gradient (the
+condition tensors do not require grad), a step runs without recording in forward and its backward
+re-runs it and takes the vector-Jacobian product w.r.t. the latent (`_RecomputedStep`: no per-activation
+hooks, no parameter gradients); otherwise each step goes through ``torch.utils.checkpoint``
+(non-reentrant). The denoiser must be deterministic (eval mode) for the recomputation to match.
 Use ``torch.autograd.grad(loss, noise)`` (not ``loss.backward()``) to skip the frozen model's parameter
 gradients.
 """
@@ -87,8 +91,11 @@ def wants_grad(x: torch.Tensor, cond: Condition) -> bool:
     """Whether autograd must record: grad mode on and the latent or a condition tensor requires grad."""
     if not torch.is_grad_enabled():
         return False
-    tensors = [x] + [v for f in fields(Condition) if (v := getattr(cond, f.name)) is not None]
-    return any(v.requires_grad for v in tensors)
+    return x.requires_grad or _cond_requires_grad(cond)
+
+
+def _cond_requires_grad(cond: Condition) -> bool:
+    return any(v.requires_grad for f in fields(Condition) if (v := getattr(cond, f.name)) is not None)
 
 
 def check_latents(x: torch.Tensor, den: Denoiser, name: str = "noise") -> None:
@@ -121,6 +128,9 @@ def _run(den, sched, x, cond, phases, max_batch, return_intermediates, use_check
     check_condition_batch(cond, B)
     step = check_max_batch(max_batch) or B
     grad = wants_grad(x, cond)
+    checkpointed = None  # how a step is checkpointed (None: plain autograd or no autograd)
+    if use_checkpoint and grad:
+        checkpointed = _checkpoint_step if _cond_requires_grad(cond) else _RecomputedStep.apply
     outs, trajs = [], []
     with torch.inference_mode(not grad):
         for lo in range(0, B, step):
@@ -130,7 +140,7 @@ def _run(den, sched, x, cond, phases, max_batch, return_intermediates, use_check
             keep = [xc] if return_intermediates else None
             for moves, w in phases:
                 guided = GuidedDenoiser(den, cc, xc.shape[0], w)
-                xc = _run_moves(guided, getattr(sched, moves), xc, sched, keep, use_checkpoint and grad)
+                xc = _run_moves(guided, getattr(sched, moves), xc, sched, keep, checkpointed)
             outs.append(xc)
             if keep is not None:
                 trajs.append(torch.stack(keep))
@@ -146,13 +156,10 @@ def _run_moves(
     x: torch.Tensor,  # [b, C, H, W]
     sched: DDIMSchedule,
     keep: list | None,
-    use_checkpoint: bool,
+    checkpointed,  # None, _RecomputedStep.apply or _checkpoint_step
 ) -> torch.Tensor:  # [b, C, H, W]
     for move in moves:
-        if use_checkpoint:
-            x = _checkpoint(_step, guided, move, x, sched, use_reentrant=False)
-        else:
-            x = _step(guided, move, x, sched)
+        x = (checkpointed or _step)(guided, move, x, sched)
         if keep is not None:
             keep.append(x)
     return x
@@ -171,3 +178,39 @@ def _step(guided: GuidedDenoiser, move: Move, x: torch.Tensor, sched: DDIMSchedu
         prediction_type=sched.prediction_type,
         clip_sample_range=sched.clip_sample_range,
     )
+
+
+def _checkpoint_step(guided: GuidedDenoiser, move: Move, x: torch.Tensor, sched: DDIMSchedule) -> torch.Tensor:
+    """`_step` under ``torch.utils.checkpoint`` (non-reentrant): gradients reach condition tensors too."""
+    return _checkpoint(_step, guided, move, x, sched, use_reentrant=False)
+
+
+class _RecomputedStep(torch.autograd.Function):
+    """`_step` checkpointed for a gradient w.r.t. the latent only.
+
+    forward:  x' = step(x) without recording (autograd Functions run their forward in no-grad mode);
+              saves x — one latent — and the autocast state.
+    backward: re-run x' = step(x) with autograd under that autocast state, return ∂L/∂x = (∂x'/∂x)ᵀ·∂L/∂x'.
+    Compared with ``torch.utils.checkpoint`` (non-reentrant) no Python hook runs per saved activation, and
+    the frozen model's parameter gradients are not computed.
+    """
+
+    @staticmethod
+    def forward(ctx, guided, move, x, sched):  # x [b, C, H, W] → [b, C, H, W]
+        ctx.save_for_backward(x)
+        ctx.step = (guided, move, sched)
+        device_type = x.device.type
+        ctx.autocast = dict(device_type=device_type, enabled=torch.is_autocast_enabled(device_type),
+                            dtype=torch.get_autocast_dtype(device_type))
+        return _step(guided, move, x, sched)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):  # ∂L/∂x' [b, C, H, W] → ∂L/∂x
+        (x,) = ctx.saved_tensors
+        guided, move, sched = ctx.step
+        with torch.enable_grad(), torch.autocast(**ctx.autocast):
+            x = x.detach().requires_grad_(True)
+            out = _step(guided, move, x, sched)
+        (grad_x,) = torch.autograd.grad(out, x, grad_out)
+        return None, None, grad_x, None

@@ -110,20 +110,31 @@ def test_stability_rises_on_the_tiny_sdxl_unet(tiny_denoiser):
 
 
 class SavedBytes(torch.autograd.graph.saved_tensors_hooks):
-    """Counts the bytes autograd saves for backward while active (a pack hook that keeps the tensor)."""
+    """Bytes autograd saves for backward while active: ``total`` packed, ``peak`` alive at once."""
 
     def __init__(self):
-        self.total = 0
+        self.total = self.live = self.peak = 0
 
         def pack(t):
-            self.total += t.numel() * t.element_size()
-            return t
+            n = t.numel() * t.element_size()
+            self.total += n
+            self.live += n
+            self.peak = max(self.peak, self.live)
+            return _Saved(t, n, self)
 
-        super().__init__(pack, lambda t: t)
+        super().__init__(pack, lambda saved: saved.tensor)
 
     def __enter__(self):
         super().__enter__()
         return self
+
+
+class _Saved:
+    def __init__(self, tensor, nbytes, counter):
+        self.tensor, self.nbytes, self.counter = tensor, nbytes, counter
+
+    def __del__(self):  # the graph node holding it was freed
+        self.counter.live -= self.nbytes
 
 
 def saved_bytes(den, steps: int, checkpoint: bool) -> int:
@@ -148,11 +159,17 @@ def test_saved_bytes_stay_flat_with_checkpointing_and_grow_without(tiny_denoiser
     plain_per_move = (plain[4] - plain[1]) / 6
     assert plain_per_move > 100 * latent  # a whole UNet's activations per call
     assert ck[4] * 4 * 2 <= plain[4]  # ≤ 1/(2N) of plain for 2N = 8 calls
-    # optimize_noise checkpoints by default: one iteration saves what the checkpointed graph saves
+    # optimize_noise checkpoints by default: at most the graph above plus one call's activations, recomputed
+    # in backward, are alive at once (plain[1] holds two calls' activations)
     sched = DDIMSchedule.from_config(SDXL_SCHEDULER_CONFIG, 4, 4)
-    with SavedBytes() as counter:
-        optimize_noise(tiny_denoiser, sched, randn(1, 4, 8, 8, dtype=torch.float32), tiny_condition(), 1, guidance_scale=0.0)
-    assert counter.total == ck[4]
+    peak = {}
+    for checkpoint in (True, False):
+        with SavedBytes() as counter:
+            optimize_noise(tiny_denoiser, sched, randn(1, 4, 8, 8, dtype=torch.float32), tiny_condition(), 1,
+                           guidance_scale=0.0, checkpoint=checkpoint)
+        peak[checkpoint] = counter.peak
+    print(f"peak alive in one optimize_noise iteration, 4 + 4 steps: {peak}")
+    assert peak[True] <= ck[4] + plain[1] and peak[False] == plain[4]
 
 
 # ---------------------------------------------------------------- independence, stops, interrupts
