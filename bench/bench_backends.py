@@ -49,6 +49,17 @@ def median_ms(fn, *, warmup: int, iters: int, cuda: bool) -> float:
     return statistics.median(times)
 
 
+def interleaved_ms(fns: dict, rounds: int) -> dict:
+    """Median wall ms of each ``fns[name]()``, timed round-robin so load drift on a shared CPU hits all alike."""
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def sdxl_condition(batch: int, device, dtype, seq_len: int = 77):
     from noisefast.denoisers.base import Condition
 
@@ -72,27 +83,33 @@ def bench_cpu(args) -> list[dict]:
     call_cond = tiny_condition(2 * k).positive()
     sched = DDIMSchedule.from_config(SDXL_SCHEDULER_CONFIG, args.steps)
     noise = torch.randn(k, 4, size, size, generator=torch.Generator().manual_seed(0))
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        backends = {
+        makers = {
             "torch (eager)": lambda: make_denoiser(unet, "torch"),
             "compile (inductor)": lambda: make_denoiser(unet, "compile"),
             "onnxruntime (fp32)": lambda: make_denoiser(unet, "onnxruntime", export_dir=Path(tmp) / "onnx",
                                                         export_options={"seq_len": 7}),
         }
-        for name, make in backends.items():
+        dens, setup = {}, {}
+        for name, make in makers.items():  # construction + first calls (export, compilation) = setup
             t0 = time.perf_counter()
-            den = make()
+            dens[name] = den = make()
             with torch.no_grad():
-                den(x, t, call_cond)  # compile happens here for torch.compile
-                setup_s = time.perf_counter() - t0
-                call = median_ms(lambda: den(x, t, call_cond), warmup=3, iters=args.iters, cuda=False)
-                score = median_ms(lambda: stability_score(den, sched, noise, cond, guidance_scale=5.5),
-                                  warmup=1, iters=max(3, args.iters // 10), cuda=False)
-            rows.append(dict(device="cpu", model="tiny SDXL-arch UNet", backend=name, batch=2 * k,
-                             latent=f"{size}x{size}", ms_per_call=call, ms_per_score=score, setup_s=setup_s,
-                             score=f"K={k}, {args.steps}+{args.steps} steps, CFG 5.5"))
-    return rows
+                den(x, t, call_cond)
+                stability_score(den, sched, noise, cond, guidance_scale=5.5)
+            setup[name] = time.perf_counter() - t0
+        with torch.no_grad():
+            call = interleaved_ms({n: (lambda d=d: d(x, t, call_cond)) for n, d in dens.items()}, args.iters)
+            score = interleaved_ms(
+                {n: (lambda d=d: stability_score(d, sched, noise, cond, guidance_scale=5.5)) for n, d in dens.items()},
+                max(3, args.iters // 4),
+            )
+    return [
+        dict(device="cpu", model="tiny SDXL-arch UNet", backend=name, batch=2 * k, latent=f"{size}x{size}",
+             ms_per_call=call[name], ms_per_score=score[name], setup_s=setup[name],
+             score=f"K={k}, {args.steps}+{args.steps} steps, CFG 5.5")
+        for name in dens
+    ]
 
 
 def matmul_tflops() -> float:
@@ -123,7 +140,7 @@ def bench_gpu(args) -> tuple[list[dict], float]:
         flops = counter.get_total_flops()
         makers = {"torch (eager)": lambda: eager, "compile (reduce-overhead)": lambda: make_denoiser(unet, "compile")}
         if args.no_trt:
-            rows.append(dict(backend="tensorrt", note="skipped (--no-trt)"))
+            makers["tensorrt (fp16)"] = None
         else:
             makers["tensorrt (fp16)"] = lambda: make_denoiser(
                 unet, "tensorrt", export_dir=Path(args.work_dir) / f"onnx{pixels}",
@@ -132,6 +149,9 @@ def bench_gpu(args) -> tuple[list[dict], float]:
         for name, make in makers.items():
             row = dict(device=torch.cuda.get_device_name(), model="SDXL UNet (random weights)", backend=name,
                        batch=b, latent=f"{lat}x{lat}", resolution=f"{pixels}x{pixels}", gflop_per_call=flops / 1e9)
+            if make is None:
+                rows.append({**row, "note": "skipped (--no-trt)"})
+                continue
             try:
                 t0 = time.perf_counter()
                 den = make()
