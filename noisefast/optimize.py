@@ -110,10 +110,16 @@ def optimize_noise(
         grad_clip = _check_real(grad_clip, "grad_clip", lambda v: v > 0, "finite and > 0")
     if autocast_dtype is not None and autocast_dtype not in AUTOCAST_DTYPES:
         raise ValueError(f"autocast_dtype must be None, torch.float16 or torch.bfloat16, got {autocast_dtype!r}")
+    for name, flag in (("nesterov", nesterov), ("renorm", renorm), ("checkpoint", checkpoint), ("progress", progress)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {flag!r}")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
     chunk = check_max_batch(max_batch) or noise.shape[0]
-    guidance = (check_guidance_scale(guidance_scale), check_guidance_scale(inversion_guidance_scale, "inversion_guidance_scale"))
+    guidance = (
+        check_guidance_scale(guidance_scale),
+        check_guidance_scale(inversion_guidance_scale, "inversion_guidance_scale"),
+    )
     if not bool(torch.isfinite(noise).all()):
         bad = (~torch.isfinite(noise)).flatten(1).any(1).nonzero().flatten().tolist()
         raise ValueError(f"noise must be finite; samples {bad} of shape {tuple(noise.shape)} hold NaN/inf")
@@ -162,10 +168,11 @@ def optimize_noise(
                 if callback(state) is False:
                     stop_reason = "callback"
                     break
-            if not bool(active.any()):
-                stop_reason = "target" if target_stability is not None and bool((score >= target_stability).all()) else "diverged"
-                break
             if not want_grad:
+                break
+            if not bool(active.any()):
+                reached = target_stability is not None and bool((score >= target_stability).all())
+                stop_reason = "target" if reached else "diverged"
                 break
             # 4. clip, then the fused momentum update on the samples still active
             keep = ~done  # [b]
@@ -206,6 +213,7 @@ def stability_grad(
 ) -> tuple[torch.Tensor, torch.Tensor]:  # s(ε) [B], ∇_ε L [B, C, H, W] with L = Σ_b (1 − s_b)
     """s(ε) and the gradient of L = Σ_b (1 − s_b(ε)) w.r.t. ε, through F and the cosine's first argument."""
     check_latents(noise, den)
+    check_condition_batch(cond, noise.shape[0])
     evaluate = _Evaluator(den, sched, cond, (guidance_scale, inversion_guidance_scale), checkpoint, autocast_dtype,
                           noise.shape[0])
     idx = torch.arange(noise.shape[0], device=noise.device)
@@ -265,6 +273,41 @@ class _AutocastDenoiser:
         with torch.autocast(x.device.type, dtype=self.autocast_dtype):
             out = self.den(x, t, cond)
         return out.to(x.dtype)
+
+
+class SavedBytes(torch.autograd.graph.saved_tensors_hooks):
+    """Diagnostic: the bytes autograd saves for backward while active (``with SavedBytes() as m: ...``).
+
+    ``total``: every saved tensor's ``numel·element_size`` added up; ``peak``: the most alive at once (a
+    saved tensor dies with the graph node holding it). Tensors saved inside ``torch.utils.checkpoint``
+    regions are not seen (they go to its own hooks); its inputs are.
+    """
+
+    def __init__(self):
+        self.total = self.live = self.peak = 0
+
+        def pack(t: torch.Tensor):
+            n = t.numel() * t.element_size()
+            self.total += n
+            self.live += n
+            self.peak = max(self.peak, self.live)
+            return _Saved(t, n, self)
+
+        super().__init__(pack, lambda saved: saved.tensor)
+
+    def __enter__(self) -> "SavedBytes":
+        super().__enter__()
+        return self
+
+
+class _Saved:
+    __slots__ = ("tensor", "nbytes", "counter")
+
+    def __init__(self, tensor: torch.Tensor, nbytes: int, counter: SavedBytes):
+        self.tensor, self.nbytes, self.counter = tensor, nbytes, counter
+
+    def __del__(self):
+        self.counter.live -= self.nbytes
 
 
 def _check_int(value, name: str, minimum: int) -> int:

@@ -7,7 +7,7 @@ import torch
 
 from noisefast import ops
 from noisefast.denoisers import GaussianMixtureDenoiser, UNetDenoiser
-from noisefast.optimize import optimize_noise, stability_grad
+from noisefast.optimize import SavedBytes, optimize_noise, stability_grad
 from noisefast.schedule import DDIMSchedule
 from noisefast.stability import stability_score
 from noisefast.testing import SDXL_SCHEDULER_CONFIG, tiny_condition
@@ -107,34 +107,6 @@ def test_stability_rises_on_the_tiny_sdxl_unet(tiny_denoiser):
 
 
 # ---------------------------------------------------------------- memory
-
-
-class SavedBytes(torch.autograd.graph.saved_tensors_hooks):
-    """Bytes autograd saves for backward while active: ``total`` packed, ``peak`` alive at once."""
-
-    def __init__(self):
-        self.total = self.live = self.peak = 0
-
-        def pack(t):
-            n = t.numel() * t.element_size()
-            self.total += n
-            self.live += n
-            self.peak = max(self.peak, self.live)
-            return _Saved(t, n, self)
-
-        super().__init__(pack, lambda saved: saved.tensor)
-
-    def __enter__(self):
-        super().__enter__()
-        return self
-
-
-class _Saved:
-    def __init__(self, tensor, nbytes, counter):
-        self.tensor, self.nbytes, self.counter = tensor, nbytes, counter
-
-    def __del__(self):  # the graph node holding it was freed
-        self.counter.live -= self.nbytes
 
 
 def saved_bytes(den, steps: int, checkpoint: bool) -> int:
@@ -334,6 +306,7 @@ def test_max_batch_gives_the_same_result():
         (randn(2, *LATENT), {"autocast_dtype": torch.float64}, ValueError, "autocast_dtype"),
         (randn(2, *LATENT), {"max_batch": 0}, ValueError, "max_batch"),
         (randn(2, *LATENT), {"callback": 3}, TypeError, "callback must be callable"),
+        (randn(2, *LATENT), {"renorm": 2.0}, TypeError, "renorm must be a bool, got 2.0"),
         (randn(2, 3, 4, 4), {}, ValueError, r"3 channels but the denoiser expects 2: shape \(2, 3, 4, 4\)"),
         (randn(2, 2, 4), {}, ValueError, r"\[B, C, H, W\].*\(2, 2, 4\)"),
         (randn(3, *LATENT), {"cond_batch": 2}, ValueError, "condition batch 2 does not match the latent batch 3"),
