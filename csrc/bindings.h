@@ -28,6 +28,15 @@ struct KernelTable {
   void (*momentum_step)(const MomentumArgs&, const Launch&);
 };
 
+// The table of one backend's entry points: NOISEFAST_KERNEL_TABLE(cpu) → ddim_move_cpu, …
+#define NOISEFAST_KERNEL_TABLE(backend)                                                              \
+  ::noisefast::KernelTable {                                                                         \
+    ::noisefast::ddim_move_##backend, ::noisefast::ddim_move_backward_##backend,                     \
+        ::noisefast::cosine_workspace_bytes_##backend, ::noisefast::cosine_##backend,                \
+        ::noisefast::cosine_backward_##backend, ::noisefast::momentum_workspace_bytes_##backend,     \
+        ::noisefast::momentum_step_##backend                                                         \
+  }
+
 inline void* addr(uintptr_t p) { return reinterpret_cast<void*>(p); }
 
 inline void bind_kernels(py::module_& m, const KernelTable k) {

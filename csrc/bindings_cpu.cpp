@@ -15,8 +15,7 @@
 PYBIND11_MODULE(_C, m) {
   using namespace noisefast;
   m.doc() = "noisefast CPU kernels (C++17, OpenMP, SIMD)";
-  bind_kernels(m, KernelTable{ddim_move_cpu, ddim_move_backward_cpu, cosine_workspace_bytes_cpu, cosine_cpu,
-                              cosine_backward_cpu, momentum_workspace_bytes_cpu, momentum_step_cpu});
+  bind_kernels(m, NOISEFAST_KERNEL_TABLE(cpu));
   m.def("build_info", [] {
     py::dict d;
 #if defined(_OPENMP)

@@ -12,8 +12,7 @@
 PYBIND11_MODULE(_C_cuda, m) {
   using namespace noisefast;
   m.doc() = "noisefast CUDA kernels";
-  bind_kernels(m, KernelTable{ddim_move_cuda, ddim_move_backward_cuda, cosine_workspace_bytes_cuda, cosine_cuda,
-                              cosine_backward_cuda, momentum_workspace_bytes_cuda, momentum_step_cuda});
+  bind_kernels(m, NOISEFAST_KERNEL_TABLE(cuda));
   m.def("build_info", [] {
     py::dict d;
     int runtime = 0, driver = 0, devices = 0;

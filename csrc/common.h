@@ -40,6 +40,14 @@ struct RowChunks {
   int64_t count() const { return B * per_row; }
 };
 
+// Row b of a [B, N] buffer of T (nullptr stays nullptr: optional inputs/outputs).
+template <typename T>
+struct Row {
+  int64_t offset;  // b·N
+  NF_HD T* out(void* p) const { return p ? static_cast<T*>(p) + offset : nullptr; }
+  NF_HD const T* in(const void* p) const { return p ? static_cast<const T*>(p) + offset : nullptr; }
+};
+
 inline void check_sizes(int64_t B, int64_t N) {
   if (B < 0 || N < 0) throw std::invalid_argument("noisefast: negative sizes B=" + std::to_string(B) + ", N=" + std::to_string(N));
 }

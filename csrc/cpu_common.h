@@ -76,14 +76,6 @@ template <> inline double from_acc<double>(double v) { return v; }
 template <> inline Half from_acc<Half>(float v) { return Half{float_to_half(v)}; }
 template <> inline BFloat16 from_acc<BFloat16>(float v) { return BFloat16{float_to_bf16(v)}; }
 
-// Row b of a [B, N] buffer of T (nullptr stays nullptr: optional inputs/outputs).
-template <typename T>
-struct Row {
-  int64_t offset;  // b·N
-  T* out(void* p) const { return p ? static_cast<T*>(p) + offset : nullptr; }
-  const T* in(const void* p) const { return p ? static_cast<const T*>(p) + offset : nullptr; }
-};
-
 // Calls f(T{}) with T the storage type of `dtype`.
 template <typename F>
 void dispatch_dtype(DType dtype, F&& f) {

@@ -159,5 +159,16 @@ void dispatch_dtype(DType dtype, F&& f) {
   }
 }
 
+// Host side of the chunked kernels: validates the sizes, skips empty work, picks the storage type,
+// calls launch_one(T{}, grid) to launch the kernel, then checks that the launch worked.
+template <typename F>
+void launch_chunked(const char* kernel, DType dtype, int64_t B, int64_t N, F&& launch_one) {
+  check_sizes(B, N);
+  const Grid grid = chunk_grid(B, N);
+  if (grid.empty) return;
+  dispatch_dtype(dtype, [&](auto tag) { launch_one(tag, grid); });
+  check_launch(kernel);
+}
+
 }  // namespace cuda
 }  // namespace noisefast

@@ -29,6 +29,13 @@ SHAPES = [(1, 3, 5, 7), (7, 4, 9, 11), (2, 4, 16, 16), (2, 4, 75, 67)]
 ATOL = {torch.float32: 2.0**-23, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7, torch.float64: 1e-13}
 
 
+def over_devices_dtypes_shapes(test):
+    """Parametrises ``test(device, dtype, shape, ...)`` over DEVICES × DTYPES × SHAPES."""
+    test = pytest.mark.parametrize("shape", SHAPES, ids=str)(test)
+    test = pytest.mark.parametrize("dtype", DTYPES, ids=str)(test)
+    return pytest.mark.parametrize("device", DEVICES)(test)
+
+
 def skip_unsupported(device: str, dtype: torch.dtype) -> None:
     if device == "cuda" and dtype == torch.float64:
         pytest.skip("float64 has no CUDA kernel (ops runs ref.py for it)")

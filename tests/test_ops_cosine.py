@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _ops_helpers import DEVICES, DTYPES, SHAPES, assert_flash_close, randn, requires_extension, skip_unsupported
+from _ops_helpers import (DEVICES, assert_flash_close, over_devices_dtypes_shapes, randn, requires_extension,
+                          skip_unsupported)
 
 from noisefast import ops, ref
 
@@ -20,9 +21,7 @@ def pair(shape, dtype, device, seed):
     return a.to(device=device, dtype=dtype), b.to(device=device, dtype=dtype)
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("device", DEVICES)
+@over_devices_dtypes_shapes
 def test_forward_matches_reference(device, dtype, shape):
     skip_unsupported(device, dtype)
     a, b = pair(shape, dtype, device, seed=sum(shape))

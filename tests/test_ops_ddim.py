@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-from _ops_helpers import (DEVICES, DTYPES, SHAPES, assert_flash_close, rand_per_sample, randn, requires_extension,
-                          skip_unsupported, to64)
+from _ops_helpers import (DEVICES, assert_flash_close, over_devices_dtypes_shapes, rand_per_sample, randn,
+                          requires_extension, skip_unsupported, to64)
 
 from noisefast import ops, ref
 
@@ -50,9 +50,7 @@ def as64(args, kwargs):
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("device", DEVICES)
+@over_devices_dtypes_shapes
 def test_forward_matches_reference(device, dtype, shape, config):
     skip_unsupported(device, dtype)
     args, kwargs = make_case(shape, dtype, device, config, seed=sum(shape))

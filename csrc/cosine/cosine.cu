@@ -13,8 +13,8 @@ __global__ void __launch_bounds__(kThreads) cosine_partial_kernel(const CosineAr
   double* partial = static_cast<double*>(p.workspace);  // [B, chunks per row, 3]
   const int64_t per_row = chunks_per_row(p.N);
   for_each_chunk(p.B, p.N, [&](int64_t b, int64_t c, int64_t lo, int64_t hi) {
-    const T* a = static_cast<const T*>(p.a) + b * p.N;
-    const T* bb = static_cast<const T*>(p.b) + b * p.N;
+    const Row<T> r{b * p.N};
+    const T *a = r.in(p.a), *bb = r.in(p.b);
     float s_ab = 0.f, s_aa = 0.f, s_bb = 0.f;  // a thread sums a few elements in float ...
     chunk_loop<T>(lo, hi, vec, [&](int64_t i, auto n) {
       constexpr int kN = decltype(n)::value;
@@ -53,11 +53,9 @@ __global__ void __launch_bounds__(kThreads) cosine_backward_kernel(const CosineB
   for_each_chunk(p.B, p.N, [&](int64_t b, int64_t, int64_t lo, int64_t hi) {
     const float* st = static_cast<const float*>(p.stats) + 3 * b;
     const auto k = CosineGradCoefs<float>::make(to_acc(static_cast<const T*>(p.grad)[b]), st[0], st[1], st[2]);
-    const int64_t row = b * p.N;
-    const T* a = static_cast<const T*>(p.a) + row;
-    const T* bb = static_cast<const T*>(p.b) + row;
-    T* da = static_cast<T*>(p.da) + row;
-    T* db = static_cast<T*>(p.db) + row;
+    const Row<T> r{b * p.N};
+    const T *a = r.in(p.a), *bb = r.in(p.b);
+    T *da = r.out(p.da), *db = r.out(p.db);
     chunk_loop<T>(lo, hi, vec, [&](int64_t i, auto n) {
       constexpr int kN = decltype(n)::value;
       const Pack<kN> x = load<T, kN>(a + i), y = load<T, kN>(bb + i);
@@ -82,34 +80,28 @@ size_t cosine_workspace_bytes_cuda(int64_t B, int64_t N) {
 }
 
 void cosine_cuda(const CosineArgs& p, const Launch& launch) {
-  check_sizes(p.B, p.N);
-  if (p.B == 0) return;
   const cudaStream_t stream = cuda::stream_of(launch);
+  // 1. partial sums per (row, chunk); nothing to launch for N = 0 (all sums are 0)
+  cuda::launch_chunked("cosine_partial", p.dtype, p.B, p.N, [&](auto tag, const cuda::Grid& g) {
+    using T = decltype(tag);
+    cuda::cosine_partial_kernel<T><<<g.blocks, g.threads, 0, stream>>>(p, cuda::vectorisable<T>(p.B, p.N, {p.a, p.b}));
+  });
+  // 2. one warp per row: stats and cos
+  if (p.B == 0) return;
+  const int64_t rows_per_block = cuda::kThreads / 32, blocks = (p.B + rows_per_block - 1) / rows_per_block;
   cuda::dispatch_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
-    const cuda::Grid g = cuda::chunk_grid(p.B, p.N);
-    if (!g.empty) {
-      const bool vec = cuda::vectorisable<T>(p.B, p.N, {p.a, p.b});
-      cuda::cosine_partial_kernel<T><<<g.blocks, g.threads, 0, stream>>>(p, vec);
-      cuda::check_launch("cosine_partial");
-    }
-    const int64_t rows_per_block = cuda::kThreads / 32;
-    const int64_t blocks = (p.B + rows_per_block - 1) / rows_per_block;
     cuda::cosine_finalize_kernel<T><<<unsigned(blocks < 65535 ? blocks : 65535), cuda::kThreads, 0, stream>>>(p);
-    cuda::check_launch("cosine_finalize");
   });
+  cuda::check_launch("cosine_finalize");
 }
 
 void cosine_backward_cuda(const CosineBackwardArgs& p, const Launch& launch) {
-  check_sizes(p.B, p.N);
-  const cuda::Grid g = cuda::chunk_grid(p.B, p.N);
-  if (g.empty) return;
-  cuda::dispatch_dtype(p.dtype, [&](auto tag) {
+  cuda::launch_chunked("cosine_backward", p.dtype, p.B, p.N, [&](auto tag, const cuda::Grid& g) {
     using T = decltype(tag);
     const bool vec = cuda::vectorisable<T>(p.B, p.N, {p.da, p.db, p.a, p.b});
     cuda::cosine_backward_kernel<T><<<g.blocks, g.threads, 0, cuda::stream_of(launch)>>>(p, vec);
   });
-  cuda::check_launch("cosine_backward");
 }
 
 }  // namespace noisefast

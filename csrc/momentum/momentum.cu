@@ -15,10 +15,9 @@ __global__ void __launch_bounds__(kThreads) momentum_update_kernel(const Momentu
   const float mu = float(p.momentum);
   for_each_chunk(p.B, p.N, [&](int64_t b, int64_t c, int64_t lo, int64_t hi) {
     const float lr = static_cast<const float*>(p.lr)[b];
-    const int64_t row = b * p.N;
-    T* x = static_cast<T*>(p.x) + row;
-    T* v = static_cast<T*>(p.velocity) + row;
-    const T* g = static_cast<const T*>(p.grad) + row;
+    const Row<T> r{b * p.N};
+    T *x = r.out(p.x), *v = r.out(p.velocity);
+    const T* g = r.in(p.grad);
     float sum_sq = 0.f;
     chunk_loop<T>(lo, hi, vec, [&](int64_t i, auto n) {
       constexpr int kN = decltype(n)::value;
@@ -55,7 +54,7 @@ __global__ void __launch_bounds__(kThreads) momentum_renorm_kernel(const Momentu
     }
     __syncthreads();
     const float s = scale;
-    T* x = static_cast<T*>(p.x) + b * p.N;
+    T* x = Row<T>{b * p.N}.out(p.x);
     chunk_loop<T>(lo, hi, vec, [&](int64_t i, auto n) {
       constexpr int kN = decltype(n)::value;
       Pack<kN> xi = load<T, kN>(x + i);
@@ -76,19 +75,18 @@ size_t momentum_workspace_bytes_cuda(int64_t B, int64_t N) {
 }
 
 void momentum_step_cuda(const MomentumArgs& p, const Launch& launch) {
-  check_sizes(p.B, p.N);
-  const cuda::Grid g = cuda::chunk_grid(p.B, p.N);
-  if (g.empty) return;
   const cudaStream_t stream = cuda::stream_of(launch);
-  cuda::dispatch_dtype(p.dtype, [&](auto tag) {
+  bool vec = false;
+  // 1-2. update x and v (and the chunks' Σx² with renorm)
+  cuda::launch_chunked("momentum_update", p.dtype, p.B, p.N, [&](auto tag, const cuda::Grid& g) {
     using T = decltype(tag);
-    const bool vec = cuda::vectorisable<T>(p.B, p.N, {p.x, p.grad, p.velocity});
+    vec = cuda::vectorisable<T>(p.B, p.N, {p.x, p.grad, p.velocity});
     cuda::momentum_update_kernel<T><<<g.blocks, g.threads, 0, stream>>>(p, vec);
-    cuda::check_launch("momentum_update");
-    if (p.renorm) {
-      cuda::momentum_renorm_kernel<T><<<g.blocks, g.threads, 0, stream>>>(p, vec);
-      cuda::check_launch("momentum_renorm");
-    }
+  });
+  if (!p.renorm) return;
+  // 3. rescale each row
+  cuda::launch_chunked("momentum_renorm", p.dtype, p.B, p.N, [&](auto tag, const cuda::Grid& g) {
+    cuda::momentum_renorm_kernel<decltype(tag)><<<g.blocks, g.threads, 0, stream>>>(p, vec);
   });
 }
 
