@@ -6,6 +6,7 @@ Layers (data flows one way): cli/serve/screen → pipeline → stability/optimiz
 from noisefast import ops, ref
 from noisefast.denoisers import Condition, Denoiser, GaussianMixtureDenoiser, GuidedDenoiser, UNetDenoiser
 from noisefast.schedule import DDIMSchedule, Move
+from noisefast.optimize import OptimizeResult, OptimizeState, SavedBytes, optimize_noise, stability_grad
 from noisefast.seeds import noise_from_seeds
 from noisefast.stability import Selection, SelectionInterrupted, select_noise, stability_score
 from noisefast.transform import denoise, invert, transform
@@ -18,15 +19,20 @@ __all__ = [
     "GaussianMixtureDenoiser",
     "GuidedDenoiser",
     "Move",
+    "OptimizeResult",
+    "OptimizeState",
+    "SavedBytes",
     "Selection",
     "SelectionInterrupted",
     "UNetDenoiser",
     "denoise",
     "invert",
     "noise_from_seeds",
+    "optimize_noise",
     "ops",
     "ref",
     "select_noise",
+    "stability_grad",
     "stability_score",
     "transform",
 ]

@@ -1,16 +1,19 @@
 """denoise / invert / transform: parity with diffusers loops and the SDXL pipeline, chunking, gradients."""
 
+import importlib
 import math
 
 import pytest
 import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler
 
-import noisefast.transform as tf
 from noisefast.denoisers import Condition, GaussianMixtureDenoiser, UNetDenoiser
 from noisefast.schedule import DDIMSchedule
 from noisefast.seeds import noise_from_seeds
 from noisefast.testing import SDXL_EULER_SCHEDULER_CONFIG, SDXL_SCHEDULER_CONFIG, tiny_condition
+
+# the module, not the `noisefast.transform` function that the package exports under the same name
+tf = importlib.import_module("noisefast.transform")
 
 # ---------------------------------------------------------------- parity with diffusers' own loops
 
