@@ -71,7 +71,7 @@ def test_export_folder_and_specs(sdxl_export):
     specs, out = read_onnx_specs(sdxl_export)
     assert list(specs) == ["sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"]
     assert specs["sample"].shape == ("batch", 4, 16, 16) and specs["timestep"].dtype == torch.float32
-    assert specs["encoder_hidden_states"].shape == ("batch", SEQ, TINY_CROSS_DIM)
+    assert specs["encoder_hidden_states"].shape == ("batch", "sequence", TINY_CROSS_DIM)
     assert out.name == "out_sample" and out.shape == ("batch", 4, 16, 16)
     meta = json.loads((folder / META_FILE).read_text())
     assert meta["dtype"] == "float32" and meta["opset"] == 17 and not meta["external_data"]
@@ -118,10 +118,17 @@ def test_reexport_replaces_and_refuses_foreign_folder(tmp_path, tiny_unet_loaded
     assert (foreign / "notes.txt").read_text() == "keep me"
 
 
+def test_any_prompt_length(ort_den, tiny_denoiser):
+    x, t, _ = inputs(2)
+    for seq in (9, 77):
+        cond = tiny_condition(2, seq_len=seq).positive()
+        with torch.no_grad():
+            ref = tiny_denoiser(x, t, cond)
+        assert rel_err(ort_den(x, t, cond), ref) < 1e-4
+
+
 def test_bad_inputs_name_the_shape(ort_den):
     x, t, cond = inputs(2)
-    with pytest.raises(ValueError, match=r"encoder_hidden_states.*\(2, 9, 64\)"):
-        ort_den(x, t, tiny_condition(2, seq_len=9).positive())
     with pytest.raises(ValueError, match=r"\(2, 4, 8, 8\)"):
         ort_den(torch.randn(2, 4, 8, 8), t, cond)
     with pytest.raises(ValueError, match="pooled_prompt_embeds"):
@@ -149,10 +156,15 @@ def test_cli_exports_a_saved_pipeline_folder(tmp_path, capsys):
     model = tmp_path / "pipe"
     tiny_unet().save_pretrained(model / "unet")  # a pipeline layout: the UNet in unet/
     assert main(["--model", str(model), "--out", str(tmp_path / "out"), "--seq-len", str(SEQ),
-                 "--height", "192", "--width", "128", "--static-batch", "3"]) == 0
+                 "--height", "192", "--width", "128", "--static-batch", "3", "--static-seq"]) == 0
     path = tmp_path / "out" / MODEL_FILE
     assert capsys.readouterr().out.strip() == str(path)
-    assert read_onnx_specs(path)[0]["sample"].shape == (3, 4, 24, 16)
+    specs = read_onnx_specs(path)[0]
+    assert specs["sample"].shape == (3, 4, 24, 16) and specs["encoder_hidden_states"].shape == (3, SEQ, 64)
+    den = OnnxRuntimeDenoiser(path, num_threads=1)
+    x = torch.randn(3, 4, 24, 16)
+    with pytest.raises(ValueError, match=r"'encoder_hidden_states' has shape \(3, 9, 64\).*\(3, 7, 64\)"):
+        den(x, torch.tensor(5), tiny_condition(1, seq_len=9).positive())
 
 
 def test_dynamo_exporter_matches_torch(tmp_path, tiny_unet_loaded, tiny_denoiser):

@@ -47,17 +47,19 @@ def test_unavailable_backend_says_how_to_fix(exports):
 
 def test_profile_shapes_from_the_exported_graph(exports):
     specs, _ = read_onnx_specs(exports["fp32"])
-    shapes = profile_shapes(specs, (1, 2, 8))
+    with pytest.raises(ValueError, match="dynamic prompt length: pass seq_len"):
+        profile_shapes(specs, (1, 2, 8))
+    shapes = profile_shapes(specs, (1, 2, 8), seq_len=SEQ)
     assert shapes["sample"] == ((1, 4, 16, 16), (2, 4, 16, 16), (8, 4, 16, 16))
     assert shapes["timestep"] == ((1,), (2,), (8,))
     assert shapes["encoder_hidden_states"][2] == (8, SEQ, 64)
     assert shapes["time_ids"][0] == (1, 6)
     with pytest.raises(ValueError, match=r"1 <= min <= opt <= max.*\(2, 1, 4\)"):
-        profile_shapes(specs, (2, 1, 4))
+        profile_shapes(specs, (2, 1, 4), seq_len=SEQ)
     dyn, _ = read_onnx_specs(exports["fp16_hw"])
     with pytest.raises(ValueError, match="latent_size"):
-        profile_shapes(dyn, (1, 1, 1))
-    assert profile_shapes(dyn, (1, 2, 4), latent_size=(128, 96))["sample"][1] == (2, 4, 128, 96)
+        profile_shapes(dyn, (1, 1, 1), seq_len=SEQ)
+    assert profile_shapes(dyn, (1, 2, 4), (128, 96), 77)["sample"][1] == (2, 4, 128, 96)
 
 
 def test_engine_cache_key_covers_every_part():

@@ -10,8 +10,10 @@ tensorrt       a cached TensorRT engine (CUDA)         the same
 =============  ======================================  ==========================================
 
 For ``onnxruntime``/``tensorrt`` given a model instead of an export, the UNet is exported first
-(``export_options`` go to `export_unet_onnx`; tensorrt defaults to fp16) into ``export_dir``, or into
-a temporary folder that is deleted once the session or engine has loaded it.
+into ``export_dir``, or into a temporary folder deleted once the session or engine has loaded it.
+``export_options`` go to `export_unet_onnx`; the defaults there (fp32, dynamic batch and prompt
+length) are changed to dynamic height/width for onnxruntime, and to fp16 for tensorrt (whose engine
+is built for one latent size: the config's ``sample_size`` unless ``export_options["latent_size"]``).
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ def make_denoiser(unet_or_path, backend: str = "torch", *, export_dir=None, expo
         from noisefast.denoisers.ort import OnnxRuntimeDenoiser, _import_onnxruntime
 
         _import_onnxruntime()
-        cls, default_export = OnnxRuntimeDenoiser, {}
+        cls, default_export = OnnxRuntimeDenoiser, {"dynamic_hw": True}  # any image size, at no cost to ORT
     if _is_onnx(unet_or_path):
         if export_dir is not None or export_options:
             raise ValueError("export_dir/export_options apply only when exporting a model, not to an existing export")

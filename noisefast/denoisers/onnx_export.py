@@ -117,9 +117,11 @@ def _input_names(args) -> list[str]:
     return list(REQUIRED_INPUTS) + list(ADDED_COND_INPUTS)[: len(args) - len(REQUIRED_INPUTS)]
 
 
-def _trace_to_onnx(wrapper, args, path: Path, *, opset, dynamic_batch, dynamic_hw, exporter):
+def _trace_to_onnx(wrapper, args, path: Path, *, opset, dynamic_batch, dynamic_hw, dynamic_seq, exporter):
     names = _input_names(args)
     axes = {n: {0: "batch"} for n in names + [OUTPUT]} if dynamic_batch else {n: {} for n in names + [OUTPUT]}
+    if dynamic_seq:
+        axes["encoder_hidden_states"][1] = "sequence"
     if dynamic_hw:
         axes["sample"].update({2: "height", 3: "width"})
         axes[OUTPUT].update({2: "height", 3: "width"})
@@ -134,8 +136,7 @@ def _trace_to_onnx(wrapper, args, path: Path, *, opset, dynamic_batch, dynamic_h
                 output_names=[OUTPUT], dynamic_axes={k: v for k, v in axes.items() if v}, do_constant_folding=True,
             )
     else:
-        dim = {"batch": torch.export.Dim.DYNAMIC, "height": torch.export.Dim.DYNAMIC, "width": torch.export.Dim.DYNAMIC}
-        shapes = tuple({i: dim[a] for i, a in axes[n].items()} or None for n in names)
+        shapes = tuple({i: torch.export.Dim.DYNAMIC for i in axes[n]} or None for n in names)
         torch.onnx.export(
             wrapper, args, str(path), dynamo=True, opset_version=opset, input_names=names,
             output_names=[OUTPUT], dynamic_shapes=shapes, external_data=True,
@@ -153,6 +154,7 @@ def export_unet_onnx(
     batch_size: int = 2,
     dynamic_batch: bool = True,
     dynamic_hw: bool = False,
+    dynamic_seq: bool = True,
     opset: int | None = None,
     external_data: bool | str = "auto",
     exporter: str = "torchscript",
@@ -162,8 +164,8 @@ def export_unet_onnx(
 
     ``dtype`` float32 or float16 (the weights and float inputs; timesteps stay float32). ``latent_size``
     is the traced latent size (default: the config's ``sample_size``) and, unless ``dynamic_hw``, the
-    only size the graph accepts; ``batch_size`` likewise when not ``dynamic_batch``. ``seq_len`` is the
-    prompt length (77 for SDXL). ``external_data``: True, False or "auto" (weights over ~1.9 GB go to
+    only size the graph accepts; ``batch_size`` likewise when not ``dynamic_batch``, and ``seq_len``
+    (the prompt length, 77 for SDXL's CLIP encoders) when not ``dynamic_seq``. ``external_data``: True, False or "auto" (weights over ~1.9 GB go to
     ``model.onnx.data``). A module whose dtype or device differs is copied, never modified.
     Returns the path of ``model.onnx``.
     """
@@ -203,6 +205,7 @@ def export_unet_onnx(
         raw.parent.mkdir()
         with torch.no_grad():
             _trace_to_onnx(wrapper, args, raw, opset=opset, dynamic_batch=dynamic_batch, dynamic_hw=dynamic_hw,
+                           dynamic_seq=dynamic_seq,
                            exporter=exporter)
         # 3. Re-save as one graph file (+ one weight file when large), then check the result.
         model = onnx.load(str(raw))
@@ -224,6 +227,7 @@ def export_unet_onnx(
             "exporter": exporter,
             "dynamic_batch": dynamic_batch,
             "dynamic_hw": dynamic_hw,
+            "dynamic_seq": dynamic_seq,
             "example_shapes": {n: list(a.shape) for n, a in zip(_input_names(args), args)},
             "weight_bytes": weight_bytes,
             "external_data": bool(external),
@@ -251,7 +255,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--width", type=int, default=None, help="image width in pixels (latent = width / 8)")
     parser.add_argument("--dynamic-hw", action="store_true", help="accept any latent height/width")
     parser.add_argument("--static-batch", type=int, default=None, help="fix the batch size (default: dynamic)")
-    parser.add_argument("--seq-len", type=int, default=77, help="prompt embedding length (SDXL: 77)")
+    parser.add_argument("--seq-len", type=int, default=77, help="prompt embedding length traced (SDXL: 77)")
+    parser.add_argument("--static-seq", action="store_true", help="accept only --seq-len (default: any length)")
     parser.add_argument("--opset", type=int, default=None)
     parser.add_argument("--external-data", choices=["auto", "yes", "no"], default="auto")
     parser.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript")
@@ -269,7 +274,7 @@ def run_export(args: argparse.Namespace) -> Path:
     path = export_unet_onnx(
         args.model, args.out, dtype=EXPORT_DTYPES[args.dtype], device=args.device, latent_size=latent,
         seq_len=args.seq_len, batch_size=args.static_batch or 2, dynamic_batch=args.static_batch is None,
-        dynamic_hw=args.dynamic_hw, opset=args.opset, exporter=args.exporter,
+        dynamic_hw=args.dynamic_hw, dynamic_seq=not args.static_seq, opset=args.opset, exporter=args.exporter,
         external_data={"auto": "auto", "yes": True, "no": False}[args.external_data],
     )
     print(path)

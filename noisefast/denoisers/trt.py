@@ -27,7 +27,13 @@ from pathlib import Path
 import torch
 
 from noisefast.denoisers.artifacts import atomic_write_bytes, default_cache_dir
-from noisefast.denoisers.onnx_io import ExportedUNetDenoiser, TensorSpec, onnx_content_hash, onnx_files
+from noisefast.denoisers.onnx_io import (
+    ExportedUNetDenoiser,
+    TensorSpec,
+    onnx_content_hash,
+    onnx_files,
+    read_export_meta,
+)
 
 log = logging.getLogger(__name__)
 GiB = 1 << 30
@@ -61,9 +67,15 @@ def require_tensorrt():
 
 
 def profile_shapes(
-    inputs: dict[str, TensorSpec], batch: tuple[int, int, int], latent_size: tuple[int, int] | None = None
+    inputs: dict[str, TensorSpec],
+    batch: tuple[int, int, int],
+    latent_size: tuple[int, int] | None = None,
+    seq_len: int | None = None,
 ) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
-    """(min, opt, max) shape of every input for one batch range; dynamic H/W are fixed to ``latent_size``."""
+    """(min, opt, max) shape of every input for one batch range.
+
+    A dynamic latent height/width is fixed to ``latent_size``, a dynamic prompt length to ``seq_len``.
+    """
     lo, opt, hi = batch
     if not all(isinstance(b, int) for b in batch) or not 1 <= lo <= opt <= hi:
         raise ValueError(f"a batch profile must be integers 1 <= min <= opt <= max, got {batch}")
@@ -79,6 +91,10 @@ def profile_shapes(
                 if latent_size is None:
                     raise ValueError("the ONNX model has dynamic height/width: pass latent_size=(h, w)")
                 sizes = (latent_size[axis - 2],) * 3
+            elif name == "encoder_hidden_states" and axis == 1:
+                if seq_len is None:
+                    raise ValueError("the ONNX model has a dynamic prompt length: pass seq_len")
+                sizes = (seq_len,) * 3
             else:
                 raise ValueError(f"no size for dynamic axis {axis} ({d!r}) of input {name!r} {spec.shape}")
             for acc, s in zip(per, sizes):
@@ -197,7 +213,8 @@ class TensorRTDenoiser(ExportedUNetDenoiser):
 
     ``profiles``: batch ranges ``(min, opt, max)``, one optimisation profile each (count the CFG
     doubling: guided denoising calls the UNet with 2x the noise batch). ``latent_size=(h, w)`` is
-    required when the export has dynamic height/width. ``workspace_bytes`` caps the builder's
+    required when the export has dynamic height/width; ``seq_len`` (the prompt length) defaults to the
+    one the export traced. ``workspace_bytes`` caps the builder's
     scratch memory (default: TensorRT's, the whole GPU). ``cuda_graph`` replays a captured graph
     while the input shapes stay the same.
     """
@@ -210,6 +227,7 @@ class TensorRTDenoiser(ExportedUNetDenoiser):
         *,
         profiles=((1, 2, 8),),
         latent_size: tuple[int, int] | None = None,
+        seq_len: int | None = None,
         cache_dir=None,
         workspace_bytes: int | None = None,
         optimization_level: int | None = None,
@@ -226,7 +244,10 @@ class TensorRTDenoiser(ExportedUNetDenoiser):
         self.cuda_graph = cuda_graph
         self.gpu = torch.cuda.get_device_name(self.device)
         self._build_options = dict(workspace_bytes=workspace_bytes, optimization_level=optimization_level)
-        shapes = [profile_shapes(self.inputs, b, latent_size) for b in self.batch_ranges]
+        if seq_len is None:  # a dynamic prompt length defaults to the one the export traced
+            seq_len = ((read_export_meta(self.path) or {}).get("example_shapes") or {}).get(
+                "encoder_hidden_states", [None, None])[1]
+        shapes = [profile_shapes(self.inputs, b, latent_size, seq_len) for b in self.batch_ranges]
         self.key_parts = dict(
             onnx_sha256=onnx_content_hash(self.path), profiles=shapes, tensorrt=trt.__version__, gpu=self.gpu,
             compute_capability=torch.cuda.get_device_capability(self.device), strongly_typed=True,
