@@ -15,9 +15,11 @@ Conventions:
   per-sample ``[B]`` tensors (any device). They are treated as constants: no gradient flows to them.
   Gradients flow to ``x``, ``model_out`` and ``model_out_uncond`` (ddim_move) and to ``a``, ``b``
   (cosine_similarity), computed by fused backward kernels.
-* CPU tensors run ``noisefast._C``, CUDA tensors ``noisefast._C_cuda`` on the current stream.
-  float64 on CUDA, other devices, or a missing extension run the ``noisefast.ref`` code instead (the
-  last two with one ``ExtensionFallbackWarning``).
+* CPU tensors run ``noisefast._C`` (on ``torch.get_num_threads()`` threads), CUDA tensors
+  ``noisefast._C_cuda`` on the current stream. float64 on CUDA, other devices, or a missing extension
+  run the ``noisefast.ref`` code instead (the last two with one ``ExtensionFallbackWarning``).
+* Under autograd, torch.compile, dispatch modes or functorch transforms the custom ops are dispatched;
+  plain eager calls without autograd call the same kernel function directly (see ``_direct``).
 * Bad input raises ``TypeError`` (types, dtypes) or ``ValueError`` (shapes, devices, values) naming
   what was passed. Checking per-sample tensors' values reads them (a device sync on CUDA).
 """
@@ -357,9 +359,9 @@ def momentum_step_(
     op = "momentum_step_"
     _check_tensors(op, 1, x=x, grad=grad, velocity=velocity)
     if not torch.compiler.is_compiling() and x.numel():
-        starts = {"x": x.data_ptr(), "grad": grad.data_ptr(), "velocity": velocity.data_ptr()}
-        if len(set(starts.values())) < 3:
-            raise ValueError(f"{op}: x, grad and velocity must not share memory (data pointers {starts})")
+        px, pg, pv = x.data_ptr(), grad.data_ptr(), velocity.data_ptr()
+        if px == pg or px == pv or pg == pv:
+            raise ValueError(f"{op}: x, grad and velocity must not share memory (data pointers {px}, {pg}, {pv})")
     if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
         raise TypeError(f"{op}: momentum must be a float, got {type(momentum).__name__}")
     if not math.isfinite(momentum):
