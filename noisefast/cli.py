@@ -120,6 +120,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
     g.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), help="default: fp16 on CUDA for SDXL, else fp32")
     g.add_argument("--backend", default="torch", choices=BACKEND_CHOICES, help="UNet forward backend (default: torch)")
+    g.add_argument("--threads", type=positive_int,
+                   help="CPU threads for torch (default: 1 for pixel models on CPU, whose tiny layers lose to "
+                        "threading overhead; torch's default otherwise)")  # fmt: skip
     g.add_argument("--variant", help="diffusers weight variant to load, e.g. fp16")
     g.add_argument("--family", choices=("sdxl", "sdxl-turbo"),
                    help="force SDXL or SDXL-Turbo defaults (default: detected from the scheduler and name)")  # fmt: skip

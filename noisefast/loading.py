@@ -263,7 +263,8 @@ def _load_pixel(spec, folder, device, dtype, family) -> LoadedModel:
     if card.get("kind") != "pixel":
         raise NoisefastError(f"{folder / PIXEL_MODEL_FILE} has kind {card.get('kind')!r}; this version reads 'pixel'")
     for m in (parts.unet, parts.text_encoder):
-        m.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        m.to(device) if m.dtype == dtype else m.to(device=device, dtype=dtype)  # saved in fp32: cast only if asked
+        m.eval().requires_grad_(False)
     defaults = ModelDefaults(
         family="pixel",
         height=int(card["height"]),

@@ -81,7 +81,7 @@ def labeled_grid(
     return canvas
 
 
-def _axes(draw, box, x_range, y_range, x_label, y_label, n_ticks=5):
+def _axes(draw, box, x_range, y_range, x_label, y_label, n_ticks=5, y_int=False):
     """Frame, grid and tick labels of a chart inside ``box`` = (x0, y0, x1, y1); returns data→pixel maps."""
     x0, y0, x1, y1 = box
     (xa, xb), (ya, yb) = x_range, y_range
@@ -93,7 +93,7 @@ def _axes(draw, box, x_range, y_range, x_label, y_label, n_ticks=5):
         xv, yv = xa + (xb - xa) * i / n_ticks, ya + (yb - ya) * i / n_ticks
         draw.line([(px(xv), y0), (px(xv), y1)], fill=GRID)
         draw.line([(x0, py(yv)), (x1, py(yv))], fill=GRID)
-        xt, yt = _fmt(xv), _fmt(yv)
+        xt, yt = _fmt(xv), (f"{yv:.0f}" if y_int else _fmt(yv))
         draw.text((px(xv) - _text_w(draw, xt) / 2, y1 + 3), xt, fill=FG, font=_font())
         draw.text((x0 - 4 - _text_w(draw, yt), py(yv) - 5), yt, fill=FG, font=_font())
     draw.rectangle(box, outline=FG)
@@ -132,7 +132,8 @@ def histogram_png(
     canvas = Image.new("RGB", size, BG)
     draw = ImageDraw.Draw(canvas)
     draw.text((10, 6), f"{title} (n={len(scores)})", fill=FG, font=_font())
-    px, py = _axes(draw, (60, 40, w - 15, h - 40), (lo, hi), (0, max(counts)), "stability s(eps)", "count")
+    top = max(counts) + (-max(counts)) % 5  # a multiple of 5: integer ticks
+    px, py = _axes(draw, (60, 40, w - 15, h - 40), (lo, hi), (0, top), "stability s(eps)", "count", y_int=True)
     for i, c in enumerate(counts):
         a, b = lo + (hi - lo) * i / bins, lo + (hi - lo) * (i + 1) / bins
         if c:

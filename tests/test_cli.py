@@ -146,3 +146,17 @@ def test_score_prompts_file_json(tiny_sdxl_folder, tmp_path, quiet_env, capsys):
     for r in report["runs"]:
         assert r["seeds"] == [2, 0] and r["best_seed"] == r["seeds"][int(np.argmax(r["scores"]))]
     assert report["runs"][0]["scores"] != report["runs"][1]["scores"]  # the prompt matters
+
+
+def test_default_model_is_builtin_digits_with_visual_report(tmp_path, quiet_env, capsys):
+    out = tmp_path / "digits"
+    code = main(["select", "--prompt", "a handwritten digit seven", "--seeds", "0:6", "--steps", "4",
+                 "--inversion-steps", "4", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["model"] == "builtin:digits" and report["model"]["kind"] == "pixel"
+    (rec,) = report["runs"]
+    assert set(rec["images"]) == {"best", "worst", "grid", "histogram"}
+    with Image.open(out / "grid.png") as grid, Image.open(out / "best.png") as best:
+        assert grid.width >= 3 * best.width  # 3 most vs 3 least stable of 6 candidates
+    assert "best  seed" in capsys.readouterr().out

@@ -120,3 +120,32 @@ def test_bad_settings(engine):
         engine.score("x", **FAST)
     with pytest.raises(NoisefastError, match=r"noise must be \[B, 4, 8, 8\]"):
         engine.score("x", noise=torch.zeros(1, 4, 16, 16), **FAST)
+
+
+def test_builtin_digits_through_the_same_engine():
+    from noisefast.builtin import builtin_model_path, load_builtin_components
+    from noisefast.builtin.prompts import encode_prompts
+
+    eng = Engine.from_pretrained("builtin:digits")
+    card = json.loads((builtin_model_path("digits") / "noisefast_model.json").read_text())
+    d = eng.defaults
+    assert (eng.kind, d.family, d.height, d.width) == ("pixel", "pixel", card["height"], card["width"])
+    assert (d.steps, d.guidance_scale) == (card["default_steps"], card["default_guidance_scale"])
+    s = eng.settings()
+    assert eng.latent_shape(s) == (1, card["height"], card["width"])  # no VAE: the latent is the image
+    # the condition is the training encoding: last hidden state, the empty prompt as the unconditional half
+    parts = load_builtin_components("digits")
+    cond = eng.encode("a handwritten digit seven", None, s)
+    with torch.no_grad():
+        ref = encode_prompts(parts.tokenizer, parts.text_encoder, ["a handwritten digit seven", ""])
+    torch.testing.assert_close(cond.prompt_embeds, ref[:1])
+    torch.testing.assert_close(cond.negative_prompt_embeds, ref[1:])
+    assert cond.pooled_prompt_embeds is None and cond.time_ids is None
+    gen = eng.generate("a handwritten digit seven", [0, 1], steps=4)
+    assert [im.size for im in gen.images] == [(128, 128)] * 2 and gen.images[0].mode == "L"
+    # pixels are the latent mapped [-1, 1] → 0..255, upscaled nearest-neighbour
+    x = gen.latents[0, 0].clamp(-1, 1)
+    small = torch.tensor(list(gen.images[0].resize((card["width"], card["height"]), 0).getdata()), dtype=torch.float32)
+    assert ((small.view_as(x) - (x + 1) * 127.5).abs() <= 0.5 + 1e-4).all()
+    with pytest.raises(NoisefastError, match="height=9 is not a multiple of 2"):
+        eng.settings(height=9)
