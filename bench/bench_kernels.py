@@ -23,14 +23,17 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from noisefast import _ext, ops, ref
+if __package__ in (None, ""):  # run as a script (python bench/bench_kernels.py): make the bench package importable
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
+
+from bench.common import cpu_model, summarize, time_round_robin  # noqa: E402
+from noisefast import _ext, ops, ref  # noqa: E402
 
 SHAPES = [(8, 4, 128, 128), (32, 4, 64, 64)]
 GPU_DTYPES = [torch.float16, torch.bfloat16, torch.float32]
@@ -108,47 +111,29 @@ def _targets(skip_gpu: bool = False):
 # --- timing ----------------------------------------------------------------------------------------------
 
 
-def _median_ms(fns: dict, rounds: int, device: str, warmup: int = 10) -> dict:
-    """Median ms of each fns[name](), timed round-robin (load drift on a shared machine hits all alike);
-    CUDA events on the current stream on a GPU."""
-    cuda = device == "cuda"
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    if cuda:
-        torch.cuda.synchronize()
-    times = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            if cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times[name].append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times[name].append((time.perf_counter() - t0) * 1e3)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+def _timed(fns: dict, rounds: int, device: str, warmup: int = 10) -> dict:
+    """Summary (median, quartiles, min, max, n) of the ms of each fns[name](): `bench.common.time_round_robin`
+    (round-robin so load drift on a shared machine hits all alike; CUDA events on the current stream on a GPU)."""
+    return {name: summarize(ts) for name, ts in time_round_robin(fns, rounds, device=device, warmup=warmup).items()}
 
 
-def measure(rounds: int, skip_gpu: bool = False) -> list[dict]:
+def measure(rounds: int, skip_gpu: bool = False, *, targets=None, shapes=SHAPES) -> list[dict]:
+    """One row per (device, dtype) of ``targets`` (default: all here) × shape × case; ``*_ms`` are medians."""
     rows = []
-    for device, dtype in _targets(skip_gpu):
-        for shape in SHAPES:
+    for device, dtype in targets or _targets(skip_gpu):
+        for shape in shapes:
             numel = torch.Size(shape).numel()
             itemsize = torch.empty((), dtype=dtype).element_size()
-            copy_ms = _median_ms({"copy": _copy(shape, dtype, device)}, rounds, device)["copy"]
-            copy_gbs = 2 * numel * itemsize / copy_ms / 1e6
+            copy = _timed({"copy": _copy(shape, dtype, device)}, rounds, device)["copy"]
+            copy_gbs = 2 * numel * itemsize / copy["median"] / 1e6
             for case, (tensors, eager, fused) in CASES.items():
-                ms = _median_ms({"eager": eager(shape, dtype, device), "fused": fused(shape, dtype, device)},
-                                rounds, device)
-                fused_gbs = tensors * numel * itemsize / ms["fused"] / 1e6
+                ms = _timed({"eager": eager(shape, dtype, device), "fused": fused(shape, dtype, device)}, rounds, device)
+                e, f = ms["eager"]["median"], ms["fused"]["median"]
+                fused_gbs = tensors * numel * itemsize / f / 1e6
                 rows.append(dict(case=case, shape=list(shape), device=device, dtype=str(dtype).replace("torch.", ""),
-                                 eager_ms=ms["eager"], fused_ms=ms["fused"], speedup=ms["eager"] / ms["fused"],
-                                 fused_gbs=fused_gbs, copy_gbs=copy_gbs, pct_of_copy=100 * fused_gbs / copy_gbs))
+                                 eager_ms=e, fused_ms=f, speedup=e / f, fused_gbs=fused_gbs, copy_gbs=copy_gbs,
+                                 pct_of_copy=100 * fused_gbs / copy_gbs, latent_tensors_moved=tensors,
+                                 eager_ms_stats=ms["eager"], fused_ms_stats=ms["fused"], copy_ms_stats=copy))
                 print(f"  {device} {rows[-1]['dtype']} {shape} {case}: x{rows[-1]['speedup']:.2f}", flush=True)
     return rows
 
@@ -166,13 +151,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), cpu=cpu,
+    return dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), cpu=cpu_model(),
                 torch_threads=torch.get_num_threads(), torch=torch.__version__,
                 gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None, build=_ext.build_info())
 
