@@ -1,0 +1,125 @@
+"""Markdown for a `bench.compare` result: a headline table (what README shows), then one table per part.
+
+Times are medians; ``±`` is the interquartile range relative to the median (the JSON keeps min, quartiles,
+max and n of every number).
+"""
+
+from __future__ import annotations
+
+from bench.common import md_table, spread_pct
+
+
+def _med(s: dict) -> str:
+    """median ±IQR/median of a `bench.common.summarize` dict."""
+    if s["n"] < 2:
+        return f"{s['median']:.3f} (n=1)"
+    return f"{s['median']:.3f} ±{spread_pct(s):.0f}%"
+
+
+def _mib(b) -> str:
+    return f"{b / 2**20:.2f}"
+
+
+def _met(m) -> str:
+    return "pending (no GPU in this run)" if m is None else ("✓" if m else "✗")
+
+
+def headline(r: dict) -> str:
+    rows = []
+    sc = r.get("scoring", {})
+    for run in sc.get("runs", []):
+        st, rate = run["settings"], run["noises_per_second"]
+        rows.append([f"scoring, noises/s ({run['baseline'].split(':')[1].strip() if ':' in run['baseline'] else run['baseline']}; "
+                     f"{st['height']}², {st['steps']}+{st['inversion_steps']} steps, {st['seeds']} seeds)",
+                     f"{rate['diffusers_user']:.2f}", f"{rate['noisefast']:.2f}", f"**{run['ratio']:.2f}×**"])
+    kr = r.get("kernels", {})
+    if "rows" in kr:
+        rows.append([f"fused kernels, speed-up (geomean of {len(kr['rows'])} op × shape × dtype)", "eager torch",
+                     "fused ops", f"**{kr['geomean_speedup']:.2f}×**"])
+        if r["settings"]["device"] == "cuda":
+            rows.append(["fused kernels, % of device-copy GB/s (worst op)", "copy", "", f"**{kr['min_pct_of_copy']:.0f}%**"])
+    op = r.get("optimize", {})
+    for q in op.get("ratios", []):
+        by = {x["mode"]: x for x in op["rows"] if x["steps"] == q["steps"]}
+        plain, ck = by["plain"], by["checkpoint"]
+        rows.append([f"optimization, s/iteration ({q['steps']}+{q['steps']} steps; plain autograd → checkpointed)",
+                     f"{plain['s_per_iter']:.3f}", f"{ck['s_per_iter']:.3f}", f"{q['time_ratio']:.2f}× the time"])
+        key, unit = (("cuda_max_memory_allocated", "CUDA peak GiB") if "cuda_max_memory_allocated" in plain
+                     else ("peak_saved_bytes", "peak saved-for-backward MiB"))
+        div = 2**30 if key.startswith("cuda") else 2**20
+        rows.append([f"optimization, {unit} (plain → checkpointed)", f"{plain[key] / div:.2f}", f"{ck[key] / div:.2f}",
+                     f"**{plain[key] / ck[key]:.1f}× less**"])
+    un = r.get("unet", {})
+    if "rows" in un:
+        best = max(un["rows"], key=lambda x: x["pct_of_matmul_peak"], default=None)
+        if best:
+            rows.append([f"UNet call, TFLOP/s vs matmul peak (best: {best['backend']}, {best['resolution']}², batch {best['batch']})",
+                         f"{un['matmul_peak']['tflops']:.2f}", f"{best['tflops']:.2f}", f"**{best['pct_of_matmul_peak']:.0f}%**"])
+    table = md_table(["measured", "baseline", "noisefast", "noisefast vs baseline"], rows, "lrrr")
+    tg = md_table(["target", "goal", "measured", "met"],
+                  [[t["what"], t["target"], "–" if t["value"] is None else f"{t['value']:.2f}{t['unit']}", _met(t["met"])]
+                   for t in r.get("targets", [])], "llrl")
+    return table + "\n\n" + tg
+
+
+def _kernels(k: dict, cuda: bool) -> str:
+    rows = [[x["case"], "×".join(map(str, x["shape"])), x["dtype"], _med(x["eager_ms_stats"]), _med(x["fused_ms_stats"]),
+             f"**{x['speedup']:.2f}×**"] + ([f"{x['fused_gbs']:.0f}", f"{x['copy_gbs']:.0f}", f"{x['pct_of_copy']:.0f}%"]
+                                           if cuda else []) for x in k["rows"]]
+    head = ["op", "latent", "dtype", "eager ms", "fused ms", "speed-up"] + (["fused GB/s", "copy GB/s", "% of copy"] if cuda else [])
+    note = "" if cuda else "\n\n(CPU: the latents stay in cache between calls, so bandwidth says little there and is only in the JSON.)"
+    return md_table(head, rows, "lll" + "r" * (len(head) - 3)) + note
+
+
+def _scoring(s: dict) -> str:
+    out = []
+    for run in s["runs"]:
+        st = run["settings"]
+        rows = [[name, _med(run["seconds"][name]), f"{run['noises_per_second'][name]:.2f}"] for name in ("diffusers_user", "noisefast")]
+        out.append(f"{run['model']}; baseline: {run['baseline']}; settings: "
+                   + ", ".join(f"{k}={v}" for k, v in st.items()) + "\n\n"
+                   + md_table(["way", "s per run", "noises/s"], rows, "lrr")
+                   + f"\n\nratio **{run['ratio']:.2f}×**, max |Δscore| between the two: {run['max_abs_score_diff']:.1e}")
+    return "\n\n".join(out)
+
+
+def _optimize(o: dict) -> str:
+    cuda = any("cuda_max_memory_allocated" in x for x in o["rows"])
+    rows = [[f"{x['steps']}+{x['steps']}", x["mode"], _med(x["s_per_iter_stats"]), _mib(x["saved_bytes"]), _mib(x["peak_saved_bytes"])]
+            + ([f"{x['cuda_max_memory_allocated'] / 2**30:.2f}"] if cuda else []) for x in o["rows"]]
+    head = ["steps", "mode", "s / iteration", "saved for backward MiB", "peak saved MiB"] + (["CUDA peak GiB"] if cuda else [])
+    return f"{o['model']}; latent {o['latent']}\n\n" + md_table(head, rows, "ll" + "r" * (len(head) - 2))
+
+
+def _unet(u: dict) -> str:
+    p = u["matmul_peak"]
+    rows = [[x["backend"], f"{x['resolution']}²", x["batch"], _med(x["ms_per_call"]), f"{x['images_per_s']:.1f}",
+             f"{x['counted_gflop_per_call']:.1f}", "–" if x["documented_gflop_per_call"] is None else f"{x['documented_gflop_per_call']:.0f}",
+             f"{x['tflops']:.2f}", f"**{x['pct_of_matmul_peak']:.0f}%**"] for x in u["rows"]]
+    text = (f"{u['model']}; matmul peak ({p['dtype']} {p['n']}³, same run): {p['tflops']:.2f} TFLOP/s "
+            f"(median of {p['ms']['n']}; best {p['tflops_best']:.2f})\n\n"
+            + md_table(["backend", "image", "batch", "ms / call", "images/s", "GFLOP / call (counted)",
+                        "GFLOP / call (documented)", "TFLOP/s", "% of matmul peak"], rows, "lllrrrrrr"))
+    for sk in u.get("skipped", []):
+        text += f"\n\n- skipped: {sk['backend']} {sk['resolution']}² batch {sk['batch']}: {sk['reason']}"
+    return text
+
+
+def markdown(r: dict) -> str:
+    m, cuda = r["machine"], r["settings"]["device"] == "cuda"
+    where = m["gpu"]["name"] if cuda and m["gpu"] else f"{m['cpu']} ({m['torch_threads']} torch threads)"
+    v = m["versions"]
+    lines = [f"## noisefast vs baseline on {where}", "",
+             f"{m['date']} · `{r['command']}` · git {m['git']} · torch {v['torch']}, diffusers {v['diffusers']}, "
+             f"Python {v['python']} · load average {m['load_average_1m']}{' · quick' if r['settings']['quick'] else ''}",
+             "", headline(r)]
+    if not cuda:
+        lines += ["", "GPU numbers are pending on this machine: `bench/gpu_check.sh` runs the same comparison on a GPU."]
+    names = {"kernels": "1. Fused kernels vs eager torch", "scoring": "2. Scoring throughput",
+             "optimize": "3. Noise optimization: checkpointed vs plain autograd", "unet": "4. UNet calls vs the matmul peak"}
+    render = {"kernels": lambda x: _kernels(x, cuda), "scoring": _scoring, "optimize": _optimize, "unet": _unet}
+    for part in r["settings"]["parts"]:
+        x = r.get(part, {})
+        body = f"**failed**: `{x['error']}`" if "error" in x else render[part](x)
+        lines += ["", f"### {names[part]} ({x.get('wall_s', 0):.0f} s)", "", body]
+    return "\n".join(lines) + "\n"
