@@ -26,6 +26,7 @@ Conventions:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -102,8 +103,22 @@ def _coef(op: str, name: str, value, x: Tensor, allowed: _Range) -> Tensor:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if not allowed.scalar_ok(float(value)):
             raise ValueError(f"{op}: {name} must be {allowed.text}; got {value!r}")
+        if x.device.type == "cpu" and not torch.compiler.is_compiling():
+            return _cpu_constant(float(value), B, acc)
         return torch.full((B,), float(value), dtype=acc, device=x.device)
     raise TypeError(f"{op}: {name} must be a float or a [B] tensor, got {type(value).__name__}")
+
+
+@functools.lru_cache(maxsize=1024)
+def _cpu_constant(value: float, B: int, dtype: torch.dtype) -> Tensor:
+    """A [B] CPU tensor filled with value, made once: schedules repeat the same few alphas every step.
+
+    The kernels only read coefficient arrays, so sharing them is safe (CPU only: a CUDA copy made on
+    one stream could be read on another before it is filled). Made outside inference mode, so that a
+    tensor cached during inference can still be saved for a later backward.
+    """
+    with torch.inference_mode(False):
+        return torch.full((B,), value, dtype=dtype)
 
 
 def _kernels(x: Tensor):
@@ -138,7 +153,10 @@ def _run(device: torch.device, kernel: str, /, **args) -> None:
         fn(**args, nthreads=torch.get_num_threads())
 
 
-def _workspace(x: Tensor, kernel: str) -> Tensor:
+def _workspace(x: Tensor, kernel: str) -> Tensor | None:
+    """Scratch for a reduction kernel on CUDA; the CPU kernels allocate their own (None)."""
+    if x.device.type != "cuda":
+        return None
     nbytes = getattr(_ext.backend(x.device), f"{kernel}_workspace_bytes")(x.shape[0], _sizes(x)["N"])
     return torch.empty(nbytes, dtype=torch.uint8, device=x.device)
 

@@ -118,6 +118,16 @@ def test_direct_call_equals_dispatched_op(device):
     torch.testing.assert_close(dispatched.detach(), direct, rtol=0, atol=0)
 
 
+def test_backward_after_a_call_in_inference_mode():
+    """Scoring runs under inference_mode, optimisation then differentiates the same moves."""
+    args, kwargs = make_case((2, 4, 3, 3), torch.float32, "cpu", CONFIGS[0], seed=2)
+    with torch.inference_mode():
+        ops.ddim_move(*args, **kwargs)
+    x = args[0].clone().requires_grad_(True)
+    ops.ddim_move(x, *args[1:], **kwargs).sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
 def test_no_gradient_to_alphas_and_guidance():
     args, kwargs = make_case((2, 4, 3, 3), torch.float32, "cpu", CONFIGS[1], requires_grad=True)
     a_from = args[2].clone().float().requires_grad_(True)

@@ -23,7 +23,8 @@ struct CosineArgs {
   void* stats;       // [B, 3]  accumulation dtype (float; double for fp64): s_ab, s_aa, s_bb
   const void* a;     // [B, N]
   const void* b;     // [B, N]
-  void* workspace;   // cosine_workspace_bytes_*(B, N) bytes of scratch (per-chunk partial sums)
+  void* workspace;   // cosine_workspace_bytes_*(B, N) bytes of scratch (per-chunk partial sums);
+                     // the CPU kernel allocates its own when given nullptr
   int64_t B, N;
   DType dtype;
 };

@@ -1,5 +1,7 @@
 // CPU per-sample cosine: partial sums per (row, chunk) in double, then each row's partials added
 // in chunk order, so the result does not depend on the number of threads.
+#include <vector>
+
 #include "cosine/cosine.h"
 #include "cpu_common.h"
 
@@ -44,7 +46,8 @@ size_t cosine_workspace_bytes_cpu(int64_t B, int64_t N) {
 void cosine_cpu(const CosineArgs& p, const Launch& launch) {
   check_sizes(p.B, p.N);
   const RowChunks rc(p.B, p.N, kChunk);
-  double* partial = static_cast<double*>(p.workspace);  // [B, chunks per row, 3]
+  std::vector<double> own(p.workspace ? 0 : size_t(rc.count()) * 3);  // no workspace given: allocate here
+  double* partial = p.workspace ? static_cast<double*>(p.workspace) : own.data();  // [B, chunks per row, 3]
   dispatch_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     using acc_t = typename AccType<T>::type;

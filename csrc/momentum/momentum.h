@@ -23,7 +23,7 @@ struct MomentumArgs {
   void* velocity;     // [B, N]  updated in place
   const void* lr;     // [B]     accumulation dtype (float; double for fp64 storage)
   const void* renorm; // [B]     target norms ρ (same dtype), or nullptr: no step 3
-  void* workspace;    // momentum_workspace_bytes_*(B, N) bytes when renorm is set
+  void* workspace;    // momentum_workspace_bytes_*(B, N) bytes when renorm is set (CPU: nullptr → its own)
   double momentum;    // μ
   bool nesterov;
   int64_t B, N;

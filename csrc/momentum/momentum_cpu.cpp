@@ -1,5 +1,7 @@
 // CPU momentum step: pass 1 updates x and v (and sums x² per (row, chunk) when renormalising),
 // pass 2 rescales each row.
+#include <vector>
+
 #include "cpu_common.h"
 #include "momentum/momentum.h"
 
@@ -44,7 +46,8 @@ size_t momentum_workspace_bytes_cpu(int64_t B, int64_t N) {
 void momentum_step_cpu(const MomentumArgs& p, const Launch& launch) {
   check_sizes(p.B, p.N);
   const RowChunks rc(p.B, p.N, kChunk);
-  double* partial = static_cast<double*>(p.workspace);  // [B, chunks per row]
+  std::vector<double> own(p.renorm && !p.workspace ? size_t(rc.count()) : 0);  // no workspace given: allocate here
+  double* partial = p.workspace ? static_cast<double*>(p.workspace) : own.data();  // [B, chunks per row]
   dispatch_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     using acc_t = typename AccType<T>::type;
