@@ -186,14 +186,11 @@ class Engine:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise NoisefastError(f"{name} must be a positive integer, got {v!r}")
         multiple = self._size_multiple()
+        why = (f"this model's UNet halves the image {int(math.log2(multiple))} time(s)" if self.kind == "pixel"
+               else f"the VAE maps {multiple}×{multiple} pixels to one latent")  # fmt: skip
         for name in ("height", "width"):
             if getattr(s, name) % multiple:
-                raise NoisefastError(
-                    f"{name}={getattr(s, name)} is not a multiple of {multiple}: this model's images map to latents "
-                    f"{self.model.spatial_factor}× smaller and its UNet halves them {multiple // self.model.spatial_factor}× at most"
-                    if self.kind == "pixel"
-                    else f"{name}={getattr(s, name)} is not a multiple of {multiple} (the VAE maps {multiple}×{multiple} pixels to one latent)"
-                )
+                raise NoisefastError(f"{name}={getattr(s, name)} is not a multiple of {multiple} ({why})")
         for name in ("guidance_scale", "inversion_guidance_scale"):
             if not math.isfinite(getattr(s, name)):
                 raise NoisefastError(f"{name} must be finite, got {getattr(s, name)}")

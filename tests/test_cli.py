@@ -14,7 +14,7 @@ from PIL import Image
 from noisefast.cli import main, parse_seeds
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--height", "64", "--width", "64", "--steps", "2", "--inversion-steps", "2"]
+TINY = ["--height", "64", "--width", "64", "--steps", "2", "--inversion-steps", "2", "--threads", "1"]
 
 
 def run_cli(*args, timeout=300):
@@ -26,9 +26,12 @@ def run_cli(*args, timeout=300):
 
 @pytest.fixture
 def quiet_env(monkeypatch):
-    """In-process main() sets library verbosity variables with setdefault; pre-set them so nothing leaks."""
+    """In-process main() sets library verbosity variables (setdefault) and torch's thread count; restore both."""
     for k in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS"):
         monkeypatch.setenv(k, os.environ.get(k, "error"))
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_select_end_to_end_and_best_seed_reproduces_in_stock_pipeline(tiny_sdxl_folder, tiny_sdxl, tmp_path):

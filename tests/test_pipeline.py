@@ -69,7 +69,7 @@ def test_generate_matches_stock_pipeline_with_ddim(engine, tiny_sdxl, guidance):
 
 
 def test_select_best_is_argmax_of_scores(engine):
-    seeds = [3, 0, 5, 1]
+    seeds = [3, 0, 5]
     sel = engine.select("a red fox", seeds, **FAST)
     scores = engine.score("a red fox", seeds, **FAST)
     assert sorted(sel.seeds) == sorted(seeds)
