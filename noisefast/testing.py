@@ -100,18 +100,6 @@ SDXL_SCHEDULER_CONFIG = {
 } | {"clip_sample": False}
 
 
-def _byte_level_chars() -> list[str]:
-    """GPT-2/CLIP ``bytes_to_unicode``: the printable character standing for each of the 256 bytes."""
-    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    cs, extra = bs[:], 0
-    for b in range(256):
-        if b not in bs:  # unprintable bytes get the characters after U+00FF, in byte order
-            bs.append(b)
-            cs.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in cs]
-
-
 def write_tiny_clip_vocab(folder) -> str:
     """Write ``vocab.json`` + ``merges.txt`` of a byte-level CLIP vocabulary into ``folder``; returns it.
 
@@ -121,8 +109,10 @@ def write_tiny_clip_vocab(folder) -> str:
     import json
     import os
 
+    from noisefast.builtin.vocab import bytes_to_unicode
+
     os.makedirs(folder, exist_ok=True)
-    chars = _byte_level_chars()
+    chars = list(bytes_to_unicode().values())  # GPT-2/CLIP's printable character for each byte
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     vocab.update({c: 2 + i for i, c in enumerate(chars)})
     vocab.update({c + "</w>": 2 + len(chars) + i for i, c in enumerate(chars)})
