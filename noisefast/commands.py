@@ -94,7 +94,8 @@ class Run:
             d = self.report["model"]
             s = self.settings
             print(f"noisefast {self.report['command']} · {d['model']} ({d['family']}, {d['device']} {d['dtype']}) · "
-                  f"{s.steps}+{s.inversion_steps} DDIM steps, guidance {s.guidance_scale:g}/{s.inversion_guidance_scale:g}, "
+                  f"DDIM {s.steps} steps + {s.inversion_steps} inversion steps, guidance {s.guidance_scale:g} "
+                  f"(inversion {s.inversion_guidance_scale:g}), "
                   f"{s.width}×{s.height}")  # fmt: skip
             for line in summary_lines:
                 print(line)
