@@ -5,8 +5,10 @@ Layers (data flows one way): cli/serve/screen → pipeline → stability/optimiz
 """
 from noisefast import ops, ref
 from noisefast.denoisers import Condition, Denoiser, GaussianMixtureDenoiser, GuidedDenoiser, UNetDenoiser
-from noisefast.schedule import DDIMSchedule, Move
+from noisefast.loading import ModelDefaults, NoisefastError
 from noisefast.optimize import OptimizeResult, OptimizeState, SavedBytes, optimize_noise, stability_grad
+from noisefast.pipeline import Engine, Generation, Optimization, Settings
+from noisefast.schedule import DDIMSchedule, Move
 from noisefast.seeds import noise_from_seeds
 from noisefast.stability import Selection, SelectionInterrupted, select_noise, stability_score
 from noisefast.transform import denoise, invert, transform
@@ -16,14 +18,20 @@ __all__ = [
     "Condition",
     "DDIMSchedule",
     "Denoiser",
+    "Engine",
     "GaussianMixtureDenoiser",
+    "Generation",
     "GuidedDenoiser",
+    "ModelDefaults",
     "Move",
+    "NoisefastError",
+    "Optimization",
     "OptimizeResult",
     "OptimizeState",
     "SavedBytes",
     "Selection",
     "SelectionInterrupted",
+    "Settings",
     "UNetDenoiser",
     "denoise",
     "invert",
