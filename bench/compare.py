@@ -69,7 +69,7 @@ def scoring_part(device: str, quick: bool, unet=None) -> dict:
     from bench import bench_scoring
     from noisefast.testing import tiny_unet
 
-    seeds, steps, repeats = (4, 2, 1) if quick else (8, 4, 3)
+    seeds, steps, repeats = (4, 2, 2) if quick else (8, 4, 3)
     pipe = bench_scoring.run(seeds=seeds, steps=steps, guidance=5.0, inversion_guidance=1.0, size=64, batch=seeds,
                              repeats=repeats)
     pipe["baseline"] = "per seed: StableDiffusionXLPipeline(output_type='latent') + DDIMInverseScheduler loop"
@@ -92,12 +92,14 @@ def optimize_part(device: str, quick: bool, unet=None) -> dict:
         from noisefast.denoisers.unet import UNetDenoiser
         from noisefast.testing import SDXL_SCHEDULER_CONFIG
 
-        noise = torch.randn(1, 4, 64, 64, generator=torch.Generator("cuda").manual_seed(0), device="cuda")
-        cond = random_condition(unet.config, 1, 512, "cuda", unet.dtype)
+        dev = unet.device
+        noise = torch.randn(1, 4, 64, 64, generator=torch.Generator(dev).manual_seed(0), device=dev)
+        cond = random_condition(unet.config, 1, 512, dev, unet.dtype)
         rows, ratios = bo.measure(UNetDenoiser(unet), noise, cond, [1], scheduler_config={**SDXL_SCHEDULER_CONFIG, **TURBO},
                                   guidance=0.0, warmup=1, iters=2 if quick else 3, repeats=1 if quick else 2,
-                                  cuda_memory=True)
-        res = {"model": f"SDXL UNet (random weights), {_dtype_name(unet.dtype)}, {torch.cuda.get_device_name()}",
+                                  cuda_memory=dev.type == "cuda")
+        where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev)
+        res = {"model": f"SDXL UNet (random weights), {_dtype_name(unet.dtype)}, {where}",
                "latent": list(noise.shape), "rows": rows, "ratios": ratios}
     elif quick:
         res = bo.run_cpu([2], size=64, batch=1, guidance=0.0, warmup=1, iters=2, repeats=1)
@@ -115,7 +117,7 @@ def unet_part(device: str, quick: bool, unet=None, budget_s: float = 240.0, comp
     from bench.compare_unet import DOCUMENTED_TFLOP_PER_CALL, matmul_peak, unet_calls
 
     if device == "cuda":
-        peak = matmul_peak("cuda", torch.float16, 8192, 20)
+        peak = matmul_peak(unet.device, torch.float16, 8192, 20)
         resolutions, batches, documented = (512, 1024), (1, 8, 32), DOCUMENTED_TFLOP_PER_CALL
         compile_at = [(1024, 8)] if compile_ else []
         iters = 5 if quick else 10
@@ -160,6 +162,7 @@ def run(device: str, quick: bool, parts=PARTS, budget_s: float = 240.0, compile_
     """Measure ``parts`` on ``device``; returns the JSON-ready result (errors recorded per part)."""
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA device here")
+    parts = list(parts)
     unknown = set(parts) - set(PARTS)
     if unknown:
         raise ValueError(f"unknown parts {sorted(unknown)}; choose from {PARTS}")
@@ -170,7 +173,10 @@ def run(device: str, quick: bool, parts=PARTS, budget_s: float = 240.0, compile_
         from bench.compare_unet import build_unet, sdxl_unet_config
 
         t0 = time.perf_counter()
-        unet = build_unet(sdxl_unet_config(), "cuda", torch.float16)
+        try:  # a failure here fails the parts that need the model (recorded there), not the kernels
+            unet = build_unet(sdxl_unet_config(), "cuda", torch.float16)
+        except Exception as e:
+            result["settings"]["model_error"] = f"{type(e).__name__}: {e}"
         result["settings"]["model_build_s"] = time.perf_counter() - t0
     funcs = {"kernels": lambda: kernels_part(device, quick), "scoring": lambda: scoring_part(device, quick, unet),
              "optimize": lambda: optimize_part(device, quick, unet),
@@ -182,6 +188,10 @@ def run(device: str, quick: bool, parts=PARTS, budget_s: float = 240.0, compile_
             result[part] = funcs[part]()
         except Exception as e:  # recorded; the other parts still run
             result[part] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        except KeyboardInterrupt:  # Ctrl-C or a time limit's SIGINT: keep what was measured, skip the rest
+            result[part] = {"error": "interrupted", "wall_s": time.perf_counter() - t0}
+            result["settings"]["parts"] = parts[: parts.index(part) + 1]
+            break
         result[part]["wall_s"] = time.perf_counter() - t0
         if device == "cuda":
             torch.cuda.empty_cache()

@@ -54,7 +54,7 @@ def headline(r: dict) -> str:
         best = max(un["rows"], key=lambda x: x["pct_of_matmul_peak"], default=None)
         if best:
             rows.append([f"UNet call, TFLOP/s vs matmul peak (best: {best['backend']}, {best['resolution']}², batch {best['batch']})",
-                         f"{un['matmul_peak']['tflops']:.2f}", f"{best['tflops']:.2f}", f"**{best['pct_of_matmul_peak']:.0f}%**"])
+                         f"{un['matmul_peak']['tflops']:.3g}", f"{best['tflops']:.3g}", f"**{best['pct_of_matmul_peak']:.0f}%**"])
     table = md_table(["measured", "baseline", "noisefast", "noisefast vs baseline"], rows, "lrrr")
     tg = md_table(["target", "goal", "measured", "met"],
                   [[t["what"], t["target"], "–" if t["value"] is None else f"{t['value']:.2f}{t['unit']}", _met(t["met"])]
@@ -95,13 +95,14 @@ def _unet(u: dict) -> str:
     p = u["matmul_peak"]
     rows = [[x["backend"], f"{x['resolution']}²", x["batch"], _med(x["ms_per_call"]), f"{x['images_per_s']:.1f}",
              f"{x['counted_gflop_per_call']:.1f}", "–" if x["documented_gflop_per_call"] is None else f"{x['documented_gflop_per_call']:.0f}",
-             f"{x['tflops']:.2f}", f"**{x['pct_of_matmul_peak']:.0f}%**"] for x in u["rows"]]
-    text = (f"{u['model']}; matmul peak ({p['dtype']} {p['n']}³, same run): {p['tflops']:.2f} TFLOP/s "
-            f"(median of {p['ms']['n']}; best {p['tflops_best']:.2f})\n\n"
+             f"{x['tflops']:.3g}", f"**{x['pct_of_matmul_peak']:.0f}%**"] for x in u["rows"]]
+    text = (f"{u['model']}; matmul peak ({p['dtype']} {p['n']}³, same run): {p['tflops']:.3g} TFLOP/s "
+            f"(median of {p['ms']['n']}; best {p['tflops_best']:.3g})\n\n"
             + md_table(["backend", "image", "batch", "ms / call", "images/s", "GFLOP / call (counted)",
                         "GFLOP / call (documented)", "TFLOP/s", "% of matmul peak"], rows, "lllrrrrrr"))
-    for sk in u.get("skipped", []):
-        text += f"\n\n- skipped: {sk['backend']} {sk['resolution']}² batch {sk['batch']}: {sk['reason']}"
+    if u.get("skipped"):
+        text += "\n\n" + "\n".join(f"- skipped: {sk['backend']} {sk['resolution']}² batch {sk['batch']}: {sk['reason']}"
+                                    for sk in u["skipped"])
     return text
 
 
@@ -113,6 +114,8 @@ def markdown(r: dict) -> str:
              f"{m['date']} · `{r['command']}` · git {m['git']} · torch {v['torch']}, diffusers {v['diffusers']}, "
              f"Python {v['python']} · load average {m['load_average_1m']}{' · quick' if r['settings']['quick'] else ''}",
              "", headline(r)]
+    if r["settings"].get("model_error"):
+        lines += ["", f"**model build failed**: `{r['settings']['model_error']}`"]
     if not cuda:
         lines += ["", "GPU numbers are pending on this machine: `bench/gpu_check.sh` runs the same comparison on a GPU."]
     names = {"kernels": "1. Fused kernels vs eager torch", "scoring": "2. Scoring throughput",
@@ -123,3 +126,27 @@ def markdown(r: dict) -> str:
         body = f"**failed**: `{x['error']}`" if "error" in x else render[part](x)
         lines += ["", f"### {names[part]} ({x.get('wall_s', 0):.0f} s)", "", body]
     return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    """Render a saved result again: ``python -m bench.compare_report result.json [out.md]`` (stdout without out.md)."""
+    import argparse
+    import json
+
+    from bench.common import write_text
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("json")
+    p.add_argument("md", nargs="?")
+    a = p.parse_args(argv)
+    with open(a.json) as f:
+        text = markdown(json.load(f))
+    if a.md:
+        write_text(a.md, text)
+    else:
+        print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

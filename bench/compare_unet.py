@@ -106,7 +106,9 @@ def unet_calls(unet, resolutions, batches, *, iters: int, peak_tflops: float, bu
     eager = make_denoiser(unet, "torch")
     deadline = time.perf_counter() + budget_s
     flops = {}  # resolution → (count at batch 1, count at batch 2)
-    plan = [("torch eager", lambda: eager, px, b) for px in resolutions for b in batches]
+    # most telling first (batch 8, largest image), so a short budget drops the least telling; rows re-sorted below
+    by_priority = sorted(((px, b) for px in resolutions for b in batches), key=lambda c: (c[1] != 8, c[1], -c[0]))
+    plan = [("torch eager", lambda: eager, px, b) for px, b in by_priority]
     plan += [("torch.compile", lambda: make_denoiser(unet, "compile"), px, b) for px, b in compile_at]
     rows, skipped = [], []
     for name, make, pixels, batch in plan:
@@ -114,6 +116,8 @@ def unet_calls(unet, resolutions, batches, *, iters: int, peak_tflops: float, bu
         try:
             if name == "torch.compile" and deadline - time.perf_counter() < compile_reserve_s:
                 raise _Skip(f"less than {compile_reserve_s:.0f} s of the budget left for compilation")
+            if deadline - time.perf_counter() <= 0:
+                raise _Skip("time budget spent before this configuration")
             if pixels not in flops:
                 flops[pixels] = tuple(count_flops(eager, unet, b, pixels) for b in (1, 2))
             rows.append(_one_config(make, unet, pixels, batch, iters, deadline, *flops[pixels], peak_tflops,
@@ -125,6 +129,8 @@ def unet_calls(unet, resolutions, batches, *, iters: int, peak_tflops: float, bu
         finally:
             if unet.device.type == "cuda":
                 torch.cuda.empty_cache()
+    order = {name: i for i, name in enumerate(("torch eager", "torch.compile"))}
+    rows.sort(key=lambda r: (order[r["backend"]], r["resolution"], r["batch"]))
     return rows, skipped
 
 
