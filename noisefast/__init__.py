@@ -4,7 +4,8 @@ Layers (data flows one way): cli/serve/screen → pipeline → stability/optimiz
 (denoisers, ops, schedule). See DESIGN.md for the math.
 """
 from noisefast import ops, ref
-from noisefast.denoisers import Condition, Denoiser, GaussianMixtureDenoiser, GuidedDenoiser, UNetDenoiser
+from noisefast.denoisers import BackendUnavailableError, Condition, Denoiser, GaussianMixtureDenoiser, GuidedDenoiser, UNetDenoiser, make_denoiser
+from noisefast.denoisers.onnx_export import export_unet_onnx
 from noisefast.loading import ModelDefaults, NoisefastError
 from noisefast.optimize import OptimizeResult, OptimizeState, SavedBytes, optimize_noise, stability_grad
 from noisefast.pipeline import Engine, Generation, Optimization, Settings
@@ -15,6 +16,7 @@ from noisefast.transform import denoise, invert, transform
 
 __version__ = "0.1.0"
 __all__ = [
+    "BackendUnavailableError",
     "Condition",
     "DDIMSchedule",
     "Denoiser",
@@ -34,7 +36,9 @@ __all__ = [
     "Settings",
     "UNetDenoiser",
     "denoise",
+    "export_unet_onnx",
     "invert",
+    "make_denoiser",
     "noise_from_seeds",
     "optimize_noise",
     "ops",

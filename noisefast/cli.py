@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "select": "noisefast.commands:SELECT",
     "optimize": "noisefast.commands:OPTIMIZE",
     "generate": "noisefast.commands:GENERATE",
+    "export": "noisefast.commands:EXPORT",
 }
 
 

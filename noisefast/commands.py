@@ -369,3 +369,21 @@ def _optimize(args: argparse.Namespace) -> int:
 
 OPTIMIZE = Command("optimise each seed's noise for inversion stability (Algorithm 2); writes before/after images and the curve",
                    _optimize_arguments, _optimize)  # fmt: skip
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    from noisefast.denoisers.onnx_export import add_export_arguments
+
+    add_export_arguments(parser)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from noisefast.denoisers.onnx_export import run_export
+    from noisefast.loading import resolve_folder
+
+    args.model = str(resolve_folder(args.model))  # builtin:NAME, a folder, or a hub id (cache first)
+    run_export(args)
+    return 0
+
+
+EXPORT = Command("export a model's UNet to ONNX (for --backend onnxruntime / tensorrt)", _export_arguments, _export)

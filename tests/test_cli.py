@@ -27,8 +27,9 @@ def run_cli(*args, timeout=300):
 @pytest.fixture
 def quiet_env(monkeypatch):
     """In-process main() sets library verbosity variables (setdefault) and torch's thread count; restore both."""
-    for k in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS"):
-        monkeypatch.setenv(k, os.environ.get(k, "error"))
+    quiet = {"TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    for k, v in quiet.items():
+        monkeypatch.setenv(k, os.environ.get(k, v))
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
@@ -163,3 +164,18 @@ def test_default_model_is_builtin_digits_with_visual_report(tmp_path, quiet_env,
     with Image.open(out / "grid.png") as grid, Image.open(out / "best.png") as best:
         assert grid.width >= 3 * best.width  # 3 most vs 3 least stable of 6 candidates
     assert "best  seed" in capsys.readouterr().out
+
+
+def test_export_then_score_through_onnxruntime_matches_torch(tmp_path, quiet_env, capsys):
+    pytest.importorskip("onnxruntime")
+    onnx_dir = tmp_path / "onnx"
+    assert main(["export", "--model", "builtin:digits", "--out", str(onnx_dir)]) == 0
+    assert (onnx_dir / "model.onnx").is_file()
+    capsys.readouterr()
+    scores = {}
+    for backend in ("torch", "onnxruntime"):
+        code = main(["score", "--prompt", "a handwritten digit two", "--seeds", "0:3", "--steps", "2",
+                     "--inversion-steps", "2", "--backend", backend, "--out", str(tmp_path / backend), "--json"])  # fmt: skip
+        assert code == 0
+        scores[backend] = json.loads(capsys.readouterr().out)["runs"][0]["scores"]
+    np.testing.assert_allclose(scores["onnxruntime"], scores["torch"], rtol=1e-4, atol=1e-5)

@@ -1,7 +1,12 @@
 """Denoisers: the protocol, CFG batching, the diffusers UNet adapter, analytic and compiled backends."""
+from noisefast.denoisers.backends import BACKENDS, BackendUnavailableError, make_denoiser
 from noisefast.denoisers.base import Condition, Denoiser
 from noisefast.denoisers.gmm import GaussianMixtureDenoiser
 from noisefast.denoisers.guidance import GuidedDenoiser, do_classifier_free_guidance
 from noisefast.denoisers.unet import UNetDenoiser
 
-__all__ = ["Condition", "Denoiser", "GaussianMixtureDenoiser", "GuidedDenoiser", "UNetDenoiser", "do_classifier_free_guidance"]
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailableError",
+    "make_denoiser",
+    "Condition", "Denoiser", "GaussianMixtureDenoiser", "GuidedDenoiser", "UNetDenoiser", "do_classifier_free_guidance"]
