@@ -4,6 +4,7 @@ Layers (data flows one way): cli/serve/screen → pipeline → stability/optimiz
 (denoisers, ops, schedule). See DESIGN.md for the math.
 """
 from noisefast import ops, ref
+from noisefast._ext import ExtensionFallbackWarning, build_info
 from noisefast.denoisers import BackendUnavailableError, Condition, Denoiser, GaussianMixtureDenoiser, GuidedDenoiser, UNetDenoiser, make_denoiser
 from noisefast.denoisers.onnx_export import export_unet_onnx
 from noisefast.loading import ModelDefaults, NoisefastError
@@ -21,6 +22,7 @@ __all__ = [
     "DDIMSchedule",
     "Denoiser",
     "Engine",
+    "ExtensionFallbackWarning",
     "GaussianMixtureDenoiser",
     "Generation",
     "GuidedDenoiser",
@@ -35,6 +37,7 @@ __all__ = [
     "SelectionInterrupted",
     "Settings",
     "UNetDenoiser",
+    "build_info",
     "denoise",
     "export_unet_onnx",
     "invert",
