@@ -304,17 +304,21 @@ def _optimize_arguments(p: argparse.ArgumentParser) -> None:
     add_output_arguments(p)
     g = p.add_argument_group("optimisation (Algorithm 2)")
     g.add_argument("--iterations", type=positive_int, default=100, help="gradient steps (default: 100)")
-    g.add_argument("--lr", type=finite_float, default=100.0, help="learning rate (default: 100)")
+    g.add_argument("--lr", type=finite_float, default=None, help="learning rate (default: the model's; 100, the paper's, for SDXL)")
     g.add_argument("--momentum", type=finite_float, default=0.5, help="momentum in [0, 1) (default: 0.5)")
     g.add_argument("--target", type=finite_float, help="stop a sample once its stability reaches this")
-    g.add_argument("--renorm", action="store_true",
-                   help="after each step put the noise back on the Gaussian shell ‖ε‖ = √D (keeps it a plausible noise)")  # fmt: skip
+    g.add_argument("--renorm", action=argparse.BooleanOptionalAction, default=None,
+                   help="after each step put the noise back on the Gaussian shell ‖ε‖ = √D (keeps it a plausible noise; "
+                        "default: the model's — off for SDXL as in the paper, on for builtin:digits)")  # fmt: skip
 
 
 def _optimize(args: argparse.Namespace) -> int:
     from noisefast.report import curve_png, save_images
 
     run = Run("optimize", args)
+    d = run.engine.defaults
+    args.lr = d.optimize_lr if args.lr is None else args.lr
+    args.renorm = d.optimize_renorm if args.renorm is None else args.renorm
     run.report["settings"] |= {"iterations": args.iterations, "lr": args.lr, "momentum": args.momentum,
                                "target": args.target, "renorm": args.renorm}  # fmt: skip
     lines = []

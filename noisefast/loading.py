@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from noisefast.optimize import DEFAULT_LR
+
 BUILTIN_PREFIX = "builtin:"
 PIXEL_MODEL_FILE = "noisefast_model.json"
 DTYPES = {
@@ -46,6 +48,8 @@ class ModelDefaults:
     inversion_steps: int  # DDIM inversion steps N'
     guidance_scale: float  # w_d (> 1 runs classifier-free guidance)
     inversion_guidance_scale: float  # w_i
+    optimize_lr: float = DEFAULT_LR  # Algorithm 2's learning rate (the paper's 100, for SDXL latents)
+    optimize_renorm: bool = False  # project ε back to ‖ε‖ = √D after each step
 
 
 # SDXL: diffusers' default 50 DDIM steps at 1024², CFG 5.5 (the paper's SDXL setting), conditional-only
@@ -273,6 +277,8 @@ def _load_pixel(spec, folder, device, dtype, family) -> LoadedModel:
         inversion_steps=int(card["default_inversion_steps"]),
         guidance_scale=float(card["default_guidance_scale"]),
         inversion_guidance_scale=float(card["default_inversion_guidance_scale"]),
+        optimize_lr=float(card.get("default_optimize", {}).get("lr", DEFAULT_LR)),
+        optimize_renorm=bool(card.get("default_optimize", {}).get("renorm", False)),
     )
     return LoadedModel(
         kind="pixel", source=spec, folder=folder, defaults=defaults, unet=parts.unet, vae=None,

@@ -26,7 +26,7 @@ from PIL import Image
 from noisefast.denoisers.base import Condition
 from noisefast.denoisers.guidance import do_classifier_free_guidance
 from noisefast.loading import LoadedModel, ModelDefaults, NoisefastError, load_model
-from noisefast.optimize import DEFAULT_LR, DEFAULT_MOMENTUM, DEFAULT_STEPS, OptimizeResult, optimize_noise
+from noisefast.optimize import DEFAULT_MOMENTUM, DEFAULT_STEPS, OptimizeResult, optimize_noise
 from noisefast.schedule import DDIMSchedule
 from noisefast.seeds import check_seeds, noise_from_seeds
 from noisefast.stability import Selection, select_noise, stability_score
@@ -282,7 +282,7 @@ class Engine:
         noise=None,
         negative_prompt: str | None = None,
         iterations: int = DEFAULT_STEPS,
-        lr: float = DEFAULT_LR,
+        lr: float | None = None,
         momentum: float = DEFAULT_MOMENTUM,
         target: float | None = None,
         progress: Callable[[int, int], None] | None = None,
@@ -293,7 +293,12 @@ class Engine:
         ``options``: the per-call settings (``steps``, ``guidance_scale``, ...) and `optimize_noise`'s
         own (``grad_clip``, ``renorm``, ``nesterov``, ``checkpoint``, ``callback``). The noise and its
         velocity are float32 whatever the model's dtype. Ctrl-C ends the run early and keeps the best so far.
+        ``lr`` and ``renorm`` default to the model's (`ModelDefaults.optimize_lr` / ``optimize_renorm``:
+        the paper's lr 100 without renormalisation for SDXL; the built-in model's card says its own).
         """
+        lr = self.defaults.optimize_lr if lr is None else lr
+        if options.get("renorm") is None:
+            options["renorm"] = self.defaults.optimize_renorm
         settings = {k: options.pop(k) for k in list(options) if k in Settings.__dataclass_fields__}
         s = self.settings(**settings)
         eps, seeds = self._noise_or_seeds(seeds, noise, s)
