@@ -1,18 +1,23 @@
 """noisefast: diffusion noise selection and optimization by inversion stability.
 
-Layers (data flows one way): cli/serve/screen → pipeline → stability/optimize → transform →
-(denoisers, ops, schedule). See DESIGN.md for the math.
+Layers (data flows one way): cli/serve/screen → workflows → pipeline (Engine) → selection/batching/optimize →
+stability → transform → (denoisers, ops, schedule). See DESIGN.md for the math and the layout.
 """
 from noisefast import ops, ref
 from noisefast._ext import ExtensionFallbackWarning, build_info
-from noisefast.denoisers import BackendUnavailableError, Condition, Denoiser, GaussianMixtureDenoiser, GuidedDenoiser, UNetDenoiser, make_denoiser
+from noisefast.batching import RowScorer, ScoredRows, ScoreJob, score_stream
+from noisefast.defaults import ModelDefaults
+from noisefast.denoisers import Condition, Denoiser, GaussianMixtureDenoiser, GuidedDenoiser, UNetDenoiser, make_denoiser
 from noisefast.denoisers.onnx_export import export_unet_onnx
-from noisefast.loading import ModelDefaults, NoisefastError
+from noisefast.engine_results import Generation, Optimization
+from noisefast.errors import BackendUnavailableError, InputError, LimitError, ModelError, NoisefastError, OutputError
 from noisefast.optimize import OptimizeResult, OptimizeState, SavedBytes, optimize_noise, stability_grad
-from noisefast.pipeline import Engine, Generation, Optimization, Settings
+from noisefast.pipeline import Engine
 from noisefast.schedule import DDIMSchedule, Move
 from noisefast.seeds import noise_from_seeds
-from noisefast.stability import Selection, SelectionInterrupted, select_noise, stability_score
+from noisefast.selection import Selection, SelectionInterrupted, select_many, select_noise
+from noisefast.settings import Settings
+from noisefast.stability import stability_score
 from noisefast.transform import denoise, invert, transform
 
 __version__ = "0.1.0"
@@ -26,12 +31,19 @@ __all__ = [
     "GaussianMixtureDenoiser",
     "Generation",
     "GuidedDenoiser",
+    "InputError",
+    "LimitError",
     "ModelDefaults",
+    "ModelError",
     "Move",
     "NoisefastError",
     "Optimization",
     "OptimizeResult",
     "OptimizeState",
+    "OutputError",
+    "RowScorer",
+    "ScoreJob",
+    "ScoredRows",
     "SavedBytes",
     "Selection",
     "SelectionInterrupted",
@@ -46,7 +58,9 @@ __all__ = [
     "optimize_noise",
     "ops",
     "ref",
+    "select_many",
     "select_noise",
+    "score_stream",
     "stability_grad",
     "stability_score",
     "transform",

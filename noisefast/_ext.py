@@ -16,6 +16,8 @@ from types import ModuleType
 
 import torch
 
+from noisefast.errors import BackendUnavailableError
+
 # Storage dtype codes shared with csrc/common.h (enum class DType).
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 
@@ -70,7 +72,7 @@ def arch_supported(archs: str, cc: int) -> bool:
     return any((arch // 10 == cc // 10 and arch <= cc) or (not real and arch <= cc) for arch, real in entries)
 
 
-def backend(device: torch.device) -> ModuleType | None:
+def backend(device: torch.device, *, strict: bool | None = None) -> ModuleType | None:
     """The extension module that runs kernels on ``device``, or None (the caller falls back to ref)."""
     if device.type == "cpu":
         reason = None if _C is not None else f"noisefast._C is not available ({_C_ERROR})"
@@ -83,6 +85,10 @@ def backend(device: torch.device) -> ModuleType | None:
         reason, module = f"no fused kernels for device type {device.type!r}", None
     if reason is None:
         return module
+    if strict_mode() if strict is None else strict:
+        raise BackendUnavailableError(
+            f"noisefast.ops: {reason}, and strict mode (NOISEFAST_STRICT=1 or Engine(strict=True)) forbids the slower pure-torch fallback"
+        )
     if reason not in _WARNED:
         _WARNED.add(reason)
         warnings.warn(
@@ -92,6 +98,17 @@ def backend(device: torch.device) -> ModuleType | None:
             stacklevel=_outside_package_stacklevel(),
         )
     return None
+
+
+def strict_mode() -> bool:
+    """``NOISEFAST_STRICT=1``: a missing or unusable kernel module is an error, not a warning and a fallback
+    (a service must not run 3–5× slower without knowing)."""
+    return os.environ.get("NOISEFAST_STRICT", "") not in ("", "0")
+
+
+def require_kernels(device: torch.device) -> None:
+    """Raise `BackendUnavailableError` unless the fused kernels run on ``device`` (the Engine's ``strict=True``)."""
+    backend(device, strict=True)
 
 
 def _outside_package_stacklevel() -> int:

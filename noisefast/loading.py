@@ -17,46 +17,22 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from noisefast.optimize import DEFAULT_LR
+from noisefast.builtin import PREFIX as BUILTIN_PREFIX
+from noisefast.defaults import DEFAULT_LR, FAMILY_DEFAULTS, ModelDefaults
+from noisefast.errors import InputError, ModelError
 
-BUILTIN_PREFIX = "builtin:"
 PIXEL_MODEL_FILE = "noisefast_model.json"
+PIXEL_MAX_SIDE = 256  # pixel models run convolutionally at other sizes; beyond this they are far out of range
 DTYPES = {
     "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
     "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
     "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
 }
-
-
-class NoisefastError(ValueError):
-    """A user-facing error (bad model, bad input): the command line prints it and exits with code 2."""
-
-
-@dataclass(frozen=True)
-class ModelDefaults:
-    """Per-model generation settings; every field can be overridden per call."""
-
-    family: str  # "sdxl", "sdxl-turbo" or "pixel"
-    height: int
-    width: int
-    steps: int  # DDIM denoising steps N
-    inversion_steps: int  # DDIM inversion steps N'
-    guidance_scale: float  # w_d (> 1 runs classifier-free guidance)
-    inversion_guidance_scale: float  # w_i
-    optimize_lr: float = DEFAULT_LR  # Algorithm 2's learning rate (the paper's 100, for SDXL latents)
-    optimize_renorm: bool = False  # project ε back to ‖ε‖ = √D after each step
-
-
-# SDXL: diffusers' default 50 DDIM steps at 1024², CFG 5.5 (the paper's SDXL setting), conditional-only
-# inversion. SDXL-Turbo: its model card's 512², one step, no guidance; one inversion step.
-SDXL_DEFAULTS = ModelDefaults("sdxl", 1024, 1024, 50, 50, 5.5, 1.0)
-TURBO_DEFAULTS = ModelDefaults("sdxl-turbo", 512, 512, 1, 1, 0.0, 1.0)
-FAMILIES = ("sdxl", "sdxl-turbo", "pixel")
 
 
 def resolve_dtype(dtype, device: torch.device, kind: str = "sdxl") -> torch.dtype:
@@ -67,7 +43,7 @@ def resolve_dtype(dtype, device: torch.device, kind: str = "sdxl") -> torch.dtyp
         return dtype
     if isinstance(dtype, str) and dtype.lower() in DTYPES:
         return DTYPES[dtype.lower()]
-    raise NoisefastError(f"unknown dtype {dtype!r}; use one of {sorted(set(DTYPES))}")
+    raise InputError(f"unknown dtype {dtype!r}; use one of {sorted(set(DTYPES))}")
 
 
 def resolve_device(device) -> torch.device:
@@ -77,9 +53,9 @@ def resolve_device(device) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise NoisefastError(f"unknown device {device!r}: {e}") from None
+        raise InputError(f"unknown device {device!r}: {e}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise NoisefastError(f"device {device!r} requested but CUDA is not available on this machine (use --device cpu)")
+        raise InputError(f"device {device!r} requested but CUDA is not available on this machine (use --device cpu)")
     return dev
 
 
@@ -105,14 +81,14 @@ def resolve_folder(spec: str | os.PathLike, *, variant: str | None = None) -> Pa
         try:
             return Path(builtin_model_path(name))
         except (KeyError, ValueError, FileNotFoundError) as e:
-            raise NoisefastError(f"unknown built-in model {name!r}: {e}") from None
+            raise ModelError(str(e)) from None
     path = Path(spec_str).expanduser()
     if path.is_dir():
         return path
     if path.exists():
-        raise NoisefastError(f"--model {spec_str!r} is a file, not a model folder")
+        raise ModelError(f"--model {spec_str!r} is a file, not a model folder")
     if not HUB_ID.match(spec_str):
-        raise NoisefastError(
+        raise ModelError(
             f"model folder {spec_str!r} does not exist (and it is not a hub id of the form owner/name)"
         )
     return _download_hub(spec_str, variant=variant)
@@ -128,17 +104,30 @@ def _download_hub(repo_id: str, *, variant: str | None) -> Path:
     except (OSError, ValueError) as cache_miss:
         offline = constants.HF_HUB_OFFLINE
         if offline:
-            raise NoisefastError(
+            raise ModelError(
                 f"model {repo_id!r} is not in the local Hugging Face cache and the hub is switched off "
                 f"(HF_HUB_OFFLINE=1). {_local_folder_hint(repo_id)}"
             ) from cache_miss
     try:
         return Path(DiffusionPipeline.download(repo_id, variant=variant))
     except Exception as e:  # network, auth, missing repo: all end the same way for the user
-        raise NoisefastError(
+        raise ModelError(
             f"model {repo_id!r} is not available locally and could not be downloaded "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). {_local_folder_hint(repo_id)}"
         ) from e
+
+
+def read_json(path: Path, what: str) -> dict:
+    """A JSON object from ``path``; unreadable or malformed files are a `ModelError` naming the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ModelError(f"cannot read {path} ({what}): {e.strerror or e}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"{path} ({what}) is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path} ({what}) must hold a JSON object, got {type(data).__name__}")
+    return data
 
 
 def detect_kind(folder: Path) -> str:
@@ -147,18 +136,18 @@ def detect_kind(folder: Path) -> str:
         return "pixel"
     index = folder / "model_index.json"
     if not index.is_file():
-        raise NoisefastError(
+        raise ModelError(
             f"{folder} is not a diffusers pipeline folder (no model_index.json); noisefast needs an SDXL "
             f"pipeline folder (unet/, vae/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/, scheduler/)"
         )
-    meta = json.loads(index.read_text())
+    meta = read_json(index, "the pipeline's component index")
     missing = [c for c in ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
                if not isinstance(meta.get(c), list) or meta.get(c)[0] is None]
     unet_cfg_path = folder / "unet" / "config.json"
-    embed = json.loads(unet_cfg_path.read_text()).get("addition_embed_type") if unet_cfg_path.is_file() else None
+    embed = read_json(unet_cfg_path, "the UNet config").get("addition_embed_type") if unet_cfg_path.is_file() else None
     if missing or embed != "text_time":
         why = f"missing components {missing}" if missing else f"its UNet has addition_embed_type={embed!r}, not 'text_time'"
-        raise NoisefastError(
+        raise ModelError(
             f"{folder} holds a {meta.get('_class_name', 'diffusers')} pipeline, not an SDXL pipeline ({why}); "
             f"noisefast supports StableDiffusionXLPipeline-compatible models (SDXL, SDXL-Turbo) and builtin:NAME"
         )
@@ -170,20 +159,9 @@ def sdxl_defaults(folder: Path, spec: str, scheduler_config: dict, family: str |
     if family is None:
         turbo = scheduler_config.get("timestep_spacing") == "trailing" or "turbo" in f"{spec} {folder}".lower()
         family = "sdxl-turbo" if turbo else "sdxl"
-    if family == "sdxl":
-        return SDXL_DEFAULTS
-    if family == "sdxl-turbo":
-        return TURBO_DEFAULTS
-    raise NoisefastError(f"family {family!r} does not fit an SDXL pipeline; use 'sdxl' or 'sdxl-turbo'")
-
-
-def override_defaults(defaults: ModelDefaults, **overrides) -> ModelDefaults:
-    """``defaults`` with every non-None override applied (unknown names are an error)."""
-    known = set(ModelDefaults.__dataclass_fields__)
-    bad = set(overrides) - known
-    if bad:
-        raise TypeError(f"unknown default(s) {sorted(bad)}; known: {sorted(known)}")
-    return replace(defaults, **{k: v for k, v in overrides.items() if v is not None})
+    if family in FAMILY_DEFAULTS:
+        return FAMILY_DEFAULTS[family]
+    raise InputError(f"family {family!r} does not fit an SDXL pipeline; use one of {', '.join(FAMILY_DEFAULTS)}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -236,9 +214,12 @@ def _load_sdxl(spec, folder, device, dtype, variant, family) -> LoadedModel:
     from noisefast.prompts import SDXLPromptEncoder
 
     try:
-        pipe = StableDiffusionXLPipeline.from_pretrained(folder, variant=variant, **_dtype_kwarg(dtype))
-    except (OSError, ValueError) as e:
-        raise NoisefastError(f"could not load the SDXL pipeline in {folder}: {e}") from e
+        # safetensors only: a pickle-based weight file (.bin, .ckpt) is never unpickled
+        pipe = StableDiffusionXLPipeline.from_pretrained(folder, variant=variant, use_safetensors=True,
+                                                         **_dtype_kwarg(dtype))  # fmt: skip
+    except Exception as e:  # missing/corrupt files surface as OSError, ValueError, SafetensorError, KeyError...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ModelError(f"could not load the SDXL pipeline in {folder}: {type(e).__name__}: {first}") from e
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
     for m in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
@@ -258,14 +239,15 @@ def _load_pixel(spec, folder, device, dtype, family) -> LoadedModel:
     from noisefast.prompts import CLIPPromptEncoder
 
     if family not in (None, "pixel"):
-        raise NoisefastError(f"{spec} is a pixel-space noisefast model; family {family!r} does not apply")
+        raise ModelError(f"{spec} is a pixel-space noisefast model; family {family!r} does not apply")
     try:
         parts = load_model_folder(folder)
-    except (OSError, ValueError) as e:
-        raise NoisefastError(f"could not load the noisefast model in {folder}: {e}") from e
+    except Exception as e:  # missing/corrupt files surface as OSError, ValueError, SafetensorError, KeyError...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ModelError(f"could not load the noisefast model in {folder}: {type(e).__name__}: {first}") from e
     card = parts.config
     if card.get("kind") != "pixel":
-        raise NoisefastError(f"{folder / PIXEL_MODEL_FILE} has kind {card.get('kind')!r}; this version reads 'pixel'")
+        raise ModelError(f"{folder / PIXEL_MODEL_FILE} has kind {card.get('kind')!r}; this version reads 'pixel'")
     for m in (parts.unet, parts.text_encoder):
         m.to(device) if m.dtype == dtype else m.to(device=device, dtype=dtype)  # saved in fp32: cast only if asked
         m.eval().requires_grad_(False)
@@ -279,6 +261,7 @@ def _load_pixel(spec, folder, device, dtype, family) -> LoadedModel:
         inversion_guidance_scale=float(card["default_inversion_guidance_scale"]),
         optimize_lr=float(card.get("default_optimize", {}).get("lr", DEFAULT_LR)),
         optimize_renorm=bool(card.get("default_optimize", {}).get("renorm", False)),
+        max_side=int(card.get("max_side", PIXEL_MAX_SIDE)),
     )
     return LoadedModel(
         kind="pixel", source=spec, folder=folder, defaults=defaults, unet=parts.unet, vae=None,

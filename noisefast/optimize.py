@@ -27,11 +27,16 @@ from noisefast.denoisers.base import Condition, Denoiser
 from noisefast.denoisers.guidance import check_condition_batch, check_guidance_scale
 from noisefast.schedule import DDIMSchedule
 from noisefast.stability import stability_score
-from noisefast.transform import DEFAULT_GUIDANCE_SCALE, DEFAULT_INVERSION_GUIDANCE_SCALE, check_latents, check_max_batch
+from noisefast.defaults import (
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_INVERSION_GUIDANCE_SCALE,
+    DEFAULT_ITERATIONS,
+    DEFAULT_LR,
+    DEFAULT_MOMENTUM,
+)
+from noisefast.progress import ProgressFn
+from noisefast.transform import check_latents, check_max_batch
 
-DEFAULT_STEPS = 100  # the paper's defaults for Algorithm 2
-DEFAULT_LR = 100.0
-DEFAULT_MOMENTUM = 0.5
 AUTOCAST_DTYPES = (torch.float16, torch.bfloat16)
 
 
@@ -72,7 +77,7 @@ def optimize_noise(
     sched: DDIMSchedule,
     noise: torch.Tensor,  # [B, C, H, W] ε_0
     cond: Condition,  # batch B or 1
-    steps: int = DEFAULT_STEPS,
+    steps: int = DEFAULT_ITERATIONS,
     lr: float = DEFAULT_LR,
     momentum: float = DEFAULT_MOMENTUM,
     *,
@@ -86,7 +91,7 @@ def optimize_noise(
     autocast_dtype: torch.dtype | None = None,
     max_batch: int | None = None,
     callback: Callable[[OptimizeState], bool | None] | None = None,
-    progress: bool = False,
+    progress: ProgressFn | None = None,
 ) -> OptimizeResult:
     """Algorithm 2: minimise 1 − s(ε) per sample by gradient descent with momentum.
 
@@ -95,6 +100,7 @@ def optimize_noise(
     ``target_stability`` or turns non-finite; the run stops when none is active, when ``callback``
     returns ``False``, or on Ctrl-C — which returns what was reached (``interrupted=True``) instead of
     raising. ``history[k]`` is s(ε_k), so ``history[0]`` is the starting stability.
+    ``progress(k + 1, steps + 1)`` is called after each evaluation (`noisefast.progress.ProgressBar` draws a bar).
     """
     # 0. validate, then set up the master copies (fp32/fp64): ε, the velocity v, the best so far
     check_latents(noise, den)
@@ -110,11 +116,12 @@ def optimize_noise(
         grad_clip = _check_real(grad_clip, "grad_clip", lambda v: v > 0, "finite and > 0")
     if autocast_dtype is not None and autocast_dtype not in AUTOCAST_DTYPES:
         raise ValueError(f"autocast_dtype must be None, torch.float16 or torch.bfloat16, got {autocast_dtype!r}")
-    for name, flag in (("nesterov", nesterov), ("renorm", renorm), ("checkpoint", checkpoint), ("progress", progress)):
+    for name, flag in (("nesterov", nesterov), ("renorm", renorm), ("checkpoint", checkpoint)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {flag!r}")
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+    for name, fn in (("callback", callback), ("progress", progress)):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
     chunk = check_max_batch(max_batch) or noise.shape[0]
     guidance = (
         check_guidance_scale(guidance_scale),
@@ -137,7 +144,6 @@ def optimize_noise(
 
     history: list[torch.Tensor] = []
     steps_run, stop_reason = 0, "steps"
-    bar = _progress_bar(steps + 1) if progress else None
     try:
         for k in range(steps + 1):
             # 1. s(ε_k) for the active samples, with g_k = ∇L(ε_k) unless this is the final evaluation
@@ -160,9 +166,8 @@ def optimize_noise(
             if target_stability is not None:
                 done |= s >= target_stability
             active[idx[done]] = False
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(stability=f"{float(score.mean()):.4f}", best=f"{float(best_score.mean()):.4f}")
+            if progress is not None:
+                progress(k + 1, steps + 1)
             if callback is not None:
                 state = OptimizeState(k, steps, eps.clone(), score.clone(), best_score.clone(), grad_norm, active.clone())
                 if callback(state) is False:
@@ -185,9 +190,6 @@ def optimize_noise(
             steps_run += 1
     except KeyboardInterrupt:
         stop_reason = "interrupt"
-    finally:
-        if bar is not None:
-            bar.close()
     out = noise.dtype
     return OptimizeResult(
         noise=eps.to(out),
@@ -326,8 +328,3 @@ def _check_real(value, name: str, ok, text: str) -> float:
         raise ValueError(f"{name} must be {text}, got {value!r}")
     return value
 
-
-def _progress_bar(total: int):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="optimize_noise", unit="it")

@@ -1,128 +1,72 @@
-"""`Engine`: a model id or folder plus a prompt in, stability scores, the best noise and images out.
+"""`Engine`: a loaded model (SDXL, SDXL-Turbo or a built-in pixel model) and the four algorithms over it.
 
     engine = Engine.from_pretrained("stabilityai/sdxl-turbo")       # or a local folder, or "builtin:digits"
     sel = engine.select("a red fox in snow", seeds=range(100))       # Algorithm 1 → .best_seed, .scores
+    sels = engine.select(["a fox", "a cat"], seeds=range(100))       # several prompts share UNet batches
     img = engine.generate("a red fox in snow", seeds=[sel.best_seed]).images[0]
-    opt = engine.optimize("a red fox in snow", seed=sel.worst_seed)  # Algorithm 2
+    opt = engine.optimize("a red fox in snow", seeds=[sel.worst_seed])  # Algorithm 2
 
-Every method takes the per-call settings (``height``, ``width``, ``steps``, ``inversion_steps``,
-``guidance_scale``, ``inversion_guidance_scale``, ``batch_size``); what is not given comes from the
-model's defaults (`noisefast.loading.ModelDefaults`). The noise of a seed is what diffusers'
-``StableDiffusionXLPipeline`` draws for ``generator=torch.Generator("cpu").manual_seed(seed)`` and
-`generate` denoises it with the DDIM schedule built from the model's scheduler config, so a seed chosen
-here gives the same final latents in a stock pipeline with ``DDIMScheduler.from_config(...)``.
+Every method takes the per-call settings as keywords (``height``, ``width``, ``steps``,
+``inversion_steps``, ``guidance_scale``, ``inversion_guidance_scale``, ``batch_size``) or a resolved
+`Settings` (``settings=``); what is not given comes from the model's `ModelDefaults`. A prompt's
+condition is encoded once and cached; ``condition=`` passes a precomputed one instead of a prompt.
+
+The noise of a seed is what diffusers' ``StableDiffusionXLPipeline`` draws for
+``generator=torch.Generator("cpu").manual_seed(seed)``, and `generate` denoises it with the DDIM schedule
+built from the model's scheduler config, so a seed chosen here gives the same final latents in a stock
+pipeline with ``DDIMScheduler.from_config(...)``.
+
+Batch sizes: rows go through the UNet ``batch_size`` at a time (default 8). For the shape-specialised
+backends (``compile``, ``tensorrt``) a short last batch is padded to a power-of-two bucket
+(`noisefast.batching.bucket_sizes`), so only ⌈log₂ batch_size⌉ + 1 shapes are ever compiled.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable, Iterator, Sequence
+from dataclasses import asdict
 
-import numpy as np
 import torch
-from PIL import Image
 
+from noisefast.batching import RowScorer, ScoredRows, ScoreJob, bucket_sizes, score_stream
+from noisefast.decode import decode_latents
+from noisefast.defaults import DEFAULT_BATCH_SIZE, DEFAULT_ITERATIONS, DEFAULT_MOMENTUM, ModelDefaults
 from noisefast.denoisers.base import Condition
 from noisefast.denoisers.guidance import do_classifier_free_guidance
-from noisefast.loading import LoadedModel, ModelDefaults, NoisefastError, load_model
-from noisefast.optimize import DEFAULT_MOMENTUM, DEFAULT_STEPS, OptimizeResult, optimize_noise
+from noisefast.engine_results import Generation, Optimization
+from noisefast.errors import InputError
+from noisefast.loading import LoadedModel, load_model
+from noisefast.optimize import optimize_noise
+from noisefast.progress import ProgressFn
 from noisefast.schedule import DDIMSchedule
 from noisefast.seeds import check_seeds, noise_from_seeds
-from noisefast.stability import Selection, select_noise, stability_score
+from noisefast.selection import Selection, select_many
+from noisefast.settings import Settings, check_fits_memory, check_float, check_int, resolve_settings
+from noisefast.stability import stability_score
 from noisefast.transform import denoise
 
-PIXEL_VIEW_SIZE = 128  # pixel models' samples are upscaled (nearest neighbour) to at least this for viewing
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The resolved settings of one call (model defaults with the call's overrides)."""
-
-    height: int
-    width: int
-    steps: int
-    inversion_steps: int
-    guidance_scale: float
-    inversion_guidance_scale: float
-    batch_size: int | None
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True, eq=False)
-class Generation:
-    """Images and the final latents x₀ they were decoded from, one per noise."""
-
-    images: list  # list[PIL.Image.Image]
-    latents: torch.Tensor  # [B, C, h, w] final latents (before decoding)
-    noise: torch.Tensor  # [B, C, h, w] initial noise ε
-    seeds: tuple[int, ...] | None
-
-
-@dataclass(frozen=True, eq=False)
-class Optimization:
-    """Algorithm 2's outcome for each noise (see `noisefast.optimize.OptimizeResult`), with where it started."""
-
-    result: OptimizeResult
-    initial_noise: torch.Tensor  # [B, C, h, w] ε_0, float32
-    seeds: tuple[int, ...] | None
-
-    @property
-    def best_noise(self) -> torch.Tensor:  # [B, C, h, w] per sample the most stable ε seen
-        return self.result.best_noise
-
-    @property
-    def noise(self) -> torch.Tensor:  # [B, C, h, w] the final ε
-        return self.result.noise
-
-    @property
-    def history(self) -> torch.Tensor:  # [R, B] s(ε_k), k = 0 … R−1
-        return self.result.history
-
-    @property
-    def steps_run(self) -> int:
-        return self.result.steps_run
-
-    @property
-    def interrupted(self) -> bool:
-        return self.result.interrupted
-
-    def save_noise(self, path) -> None:
-        """``initial``, ``best`` and ``final`` noise [B, C, h, w] (float32) as safetensors, seeds in the metadata."""
-        from safetensors.torch import save_file
-
-        tensors = {"initial": self.initial_noise, "best": self.result.best_noise, "final": self.result.noise}
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(path),
-                  metadata={"seeds": ",".join(map(str, self.seeds or ()))})  # fmt: skip
-
-
-def make_denoiser(unet, backend: str = "torch"):
-    """The `Denoiser` over ``unet`` for ``backend`` (`noisefast.denoisers.backends`); unusable → `NoisefastError`."""
-    try:
-        from noisefast.denoisers.backends import BackendUnavailableError, make_denoiser as make_backend
-    except ImportError:  # an installation without the compiled backends: eager torch only
-        if backend != "torch":
-            raise NoisefastError(f"backend {backend!r} is not available in this installation; use 'torch'") from None
-        from noisefast.denoisers.unet import UNetDenoiser
-
-        return UNetDenoiser(unet)
-    try:
-        return make_backend(unet, backend=backend)
-    except BackendUnavailableError as e:
-        raise NoisefastError(str(e)) from e
+SHAPE_SPECIALISED_BACKENDS = ("compile", "tensorrt")
+CONDITION_CACHE_SIZE = 256  # encoded prompts kept per engine
 
 
 class Engine:
-    """One loaded model (SDXL, SDXL-Turbo or a built-in pixel model) and its denoiser."""
+    """One loaded model and its denoiser; methods run the paper's algorithms over prompts and seeds."""
 
-    def __init__(self, model: LoadedModel, *, backend: str = "torch", batch_size: int | None = None):
+    def __init__(self, model: LoadedModel, *, backend: str = "torch", batch_size: int | None = None,
+                 strict: bool = False):  # fmt: skip
+        from noisefast._ext import require_kernels
+        from noisefast.denoisers.backends import make_denoiser
+
+        if strict:  # a service must not run 3–5× slower on the pure-torch fallback without knowing
+            require_kernels(model.device)
         self.model = model
         self.backend = backend
         self.den = make_denoiser(model.unet, backend)
         self.defaults: ModelDefaults = model.defaults
-        self.batch_size = batch_size
+        self.batch_size = None if batch_size is None else check_int("batch_size", batch_size)
+        self._conditions: OrderedDict[tuple, Condition] = OrderedDict()
 
     @classmethod
     def from_pretrained(
@@ -135,17 +79,19 @@ class Engine:
         variant: str | None = None,
         family: str | None = None,
         batch_size: int | None = None,
+        strict: bool = False,
     ) -> "Engine":
         """Load a hub id (local cache first), a local diffusers folder, or ``builtin:NAME``.
 
         ``device``: default CUDA when available, else CPU; ``dtype``: default fp16 on CUDA (fp32 for pixel
         models), fp32 on CPU; ``variant``: diffusers weight variant (e.g. ``"fp16"``); ``family``: force
-        ``"sdxl"`` or ``"sdxl-turbo"`` defaults instead of detecting them.
+        ``"sdxl"`` or ``"sdxl-turbo"`` defaults instead of detecting them; ``strict``: refuse to run when the
+        fused kernels cannot (instead of falling back to the pure-torch reference with a warning).
         """
         return cls(load_model(model, device=device, dtype=dtype, variant=variant, family=family),
-                   backend=backend, batch_size=batch_size)  # fmt: skip
+                   backend=backend, batch_size=batch_size, strict=strict)  # fmt: skip
 
-    # --- settings, shapes, conditions -------------------------------------------------------------------
+    # --- settings, shapes, conditions ---------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
         return self.model.device
@@ -169,34 +115,25 @@ class Engine:
         inversion_guidance_scale: float | None = None,
         batch_size: int | None = None,
     ) -> Settings:
-        """Defaults with the given overrides; sizes must fit the model (multiples of its spatial factor)."""
-        d = self.defaults
-        pick = lambda v, default: default if v is None else v  # noqa: E731
-        s = Settings(
-            height=pick(height, d.height),
-            width=pick(width, d.width),
-            steps=pick(steps, d.steps),
-            inversion_steps=pick(inversion_steps, d.inversion_steps),
-            guidance_scale=float(pick(guidance_scale, d.guidance_scale)),
-            inversion_guidance_scale=float(pick(inversion_guidance_scale, d.inversion_guidance_scale)),
-            batch_size=pick(batch_size, self.batch_size),
-        )
-        for name in ("height", "width", "steps", "inversion_steps"):
-            v = getattr(s, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise NoisefastError(f"{name} must be a positive integer, got {v!r}")
+        """The model's defaults with the given overrides, each checked (an `InputError` names the bad one)."""
         multiple = self._size_multiple()
         why = (f"this model's UNet halves the image {int(math.log2(multiple))} time(s)" if self.kind == "pixel"
                else f"the VAE maps {multiple}×{multiple} pixels to one latent")  # fmt: skip
-        for name in ("height", "width"):
-            if getattr(s, name) % multiple:
-                raise NoisefastError(f"{name}={getattr(s, name)} is not a multiple of {multiple} ({why})")
-        for name in ("guidance_scale", "inversion_guidance_scale"):
-            if not math.isfinite(getattr(s, name)):
-                raise NoisefastError(f"{name} must be finite, got {getattr(s, name)}")
-        if s.batch_size is not None and (isinstance(s.batch_size, bool) or not isinstance(s.batch_size, int) or s.batch_size < 1):
-            raise NoisefastError(f"batch_size must be a positive integer, got {s.batch_size!r}")
-        return s
+        return resolve_settings(
+            self.defaults, multiple, why, height=height, width=width, steps=steps, inversion_steps=inversion_steps,
+            guidance_scale=guidance_scale, inversion_guidance_scale=inversion_guidance_scale,
+            batch_size=self.batch_size if batch_size is None else batch_size,
+        )  # fmt: skip
+
+    def _resolve(self, settings: Settings | None, overrides: dict) -> Settings:
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if settings is not None:
+            if given:
+                raise InputError(f"pass settings= or the keywords {sorted(given)}, not both")
+            if not isinstance(settings, Settings):
+                raise InputError(f"settings must be a noisefast Settings, got {type(settings).__name__}")
+            return settings
+        return self.settings(**given)
 
     def _size_multiple(self) -> int:
         if self.kind == "pixel":  # no VAE: the UNet's downsampling sets the granularity
@@ -208,149 +145,207 @@ class Engine:
         f = self.model.spatial_factor
         return (int(self.model.unet.config.in_channels), s.height // f, s.width // f)
 
+    def batch_size_for(self, s: Settings) -> int:
+        """Rows per UNet batch for ``s``, after checking a batch that size fits the device's memory."""
+        rows = s.batch_size or DEFAULT_BATCH_SIZE
+        cfg = do_classifier_free_guidance(s.guidance_scale) or do_classifier_free_guidance(s.inversion_guidance_scale)
+        check_fits_memory(rows, self.latent_shape(s), int(self.model.unet.config.block_out_channels[0]), self.dtype,
+                          self.device, cfg=cfg)  # fmt: skip
+        return rows
+
     def schedule(self, s: Settings) -> DDIMSchedule:
         """The DDIM schedule (denoise and inversion moves) from the model's scheduler config."""
-        return DDIMSchedule.from_config(self.model.scheduler_config, s.steps, s.inversion_steps)
+        try:
+            return DDIMSchedule.from_config(self.model.scheduler_config, s.steps, s.inversion_steps)
+        except ValueError as e:
+            raise InputError(str(e)) from None
 
-    def encode(self, prompt, negative_prompt: str | None = None, s: Settings | None = None) -> Condition:
-        """The condition for ``prompt`` (a string, or a list for a batch); the unconditional half is encoded
-        only when some guidance scale of ``s`` runs classifier-free guidance (> 1)."""
-        s = s or self.settings()
+    def condition(self, prompt: str, negative_prompt: str | None = None, settings: Settings | None = None) -> Condition:
+        """The condition (batch 1) for ``prompt``, encoded once and cached; the unconditional half is encoded
+        only when some guidance scale of ``settings`` runs classifier-free guidance."""
+        s = settings or self.settings()
+        if not isinstance(prompt, str):
+            raise InputError(f"prompt must be a string, got {type(prompt).__name__}")
+        if negative_prompt is not None and not isinstance(negative_prompt, str):
+            raise InputError(f"negative_prompt must be a string or None, got {type(negative_prompt).__name__}")
         with_negative = do_classifier_free_guidance(s.guidance_scale) or do_classifier_free_guidance(
             s.inversion_guidance_scale
         )
-        return self.model.encoder(
-            prompt, negative_prompt, height=s.height, width=s.width, with_negative=with_negative, device=self.device
-        )
+        key = (prompt, negative_prompt, s.height, s.width, with_negative)
+        cond = self._conditions.get(key)
+        if cond is None:
+            with torch.no_grad():  # not inference_mode: the condition may enter an autograd graph (optimize)
+                cond = self.model.encoder(prompt, negative_prompt, height=s.height, width=s.width,
+                                          with_negative=with_negative, device=self.device)  # fmt: skip
+            self._conditions[key] = cond
+            if len(self._conditions) > CONDITION_CACHE_SIZE:
+                self._conditions.popitem(last=False)
+        else:
+            self._conditions.move_to_end(key)
+        return cond
+
+    def encode(self, prompt: str, negative_prompt: str | None = None, s: Settings | None = None) -> Condition:
+        """`condition` (kept under its older name)."""
+        return self.condition(prompt, negative_prompt, s)
+
+    def _cond(self, prompt, negative_prompt, condition, s: Settings) -> Condition:
+        if condition is not None:
+            if prompt is not None:
+                raise InputError("pass a prompt or condition=, not both")
+            if not isinstance(condition, Condition) or condition.batch_size != 1:
+                raise InputError("condition must be a noisefast Condition with batch 1")
+            return condition.to(device=self.device)
+        if prompt is None:
+            raise InputError("a prompt (or condition=) is required")
+        return self.condition(prompt, negative_prompt, s)
 
     def noise(self, seeds: Iterable[int], s: Settings | None = None) -> torch.Tensor:  # [K, C, h, w]
         """What diffusers draws for each seed (CPU generator, the model's dtype), on the engine's device."""
         s = s or self.settings()
-        return noise_from_seeds(check_seeds(seeds), self.latent_shape(s), "cpu", dtype=self.dtype, device=self.device)
+        return noise_from_seeds(_seeds(seeds), self.latent_shape(s), "cpu", dtype=self.dtype, device=self.device)
 
     def _noise_or_seeds(self, seeds, noise, s: Settings) -> tuple[torch.Tensor, tuple[int, ...] | None]:
         if (seeds is None) == (noise is None):
-            raise NoisefastError("pass exactly one of seeds or noise")
+            raise InputError("pass exactly one of seeds or noise")
         if noise is None:
-            seeds = tuple(check_seeds([seeds] if isinstance(seeds, int) else seeds))
+            seeds = tuple(_seeds([seeds] if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds))
             return self.noise(seeds, s), seeds
         expected = self.latent_shape(s)
         if not isinstance(noise, torch.Tensor) or noise.ndim != 4 or tuple(noise.shape[1:]) != expected:
             got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
-            raise NoisefastError(f"noise must be [B, {', '.join(map(str, expected))}] for {s.height}×{s.width}, got {got}")
+            raise InputError(f"noise must be [B, {', '.join(map(str, expected))}] for {s.height}×{s.width}, got {got}")
+        if not noise.is_floating_point() or not bool(torch.isfinite(noise).all()):
+            raise InputError("noise must be a floating-point tensor of finite values")
         return noise.to(self.device), None
 
-    # --- Definition 1, Algorithm 1 -------------------------------------------------------------------------
-    def score(self, prompt: str, seeds=None, *, noise=None, negative_prompt: str | None = None, **settings) -> torch.Tensor:
-        """s(ε) = cos(ε, I(D(ε))) for each seed's noise (or each row of ``noise``), in input order; [K] float32 CPU."""
-        s = self.settings(**settings)
-        eps, _ = self._noise_or_seeds(seeds, noise, s)
-        cond = self.encode(prompt, negative_prompt, s)
-        with torch.inference_mode():
-            scores = stability_score(
-                self.den, self.schedule(s), eps, cond, s.guidance_scale, s.inversion_guidance_scale, max_batch=s.batch_size
-            )
-        return scores.float().cpu()
-
-    def select(
-        self,
-        prompt: str,
-        seeds: Iterable[int] = range(100),
-        *,
-        negative_prompt: str | None = None,
-        progress: Callable[[int, int], None] | None = None,
-        **settings,
-    ) -> Selection:
-        """Algorithm 1 over ``seeds``: every seed scored, sorted most → least stable.
-
-        Ctrl-C raises `noisefast.stability.SelectionInterrupted` whose ``.result`` holds the finished chunks.
-        """
-        s = self.settings(**settings)
-        cond = self.encode(prompt, negative_prompt, s)
-        return select_noise(
-            self.den, self.schedule(s), cond, seeds=check_seeds(seeds), shape=self.latent_shape(s),
-            guidance_scale=s.guidance_scale, inversion_guidance_scale=s.inversion_guidance_scale,
-            generator_device="cpu", dtype=self.dtype, device=self.device, max_batch=s.batch_size, progress=progress,
+    def scorer(self, s: Settings) -> RowScorer:
+        """The row scorer for settings ``s`` (`noisefast.batching`): what select, screen and serve pack rows into."""
+        rows = self.batch_size_for(s)
+        return RowScorer(
+            self.den, self.schedule(s), shape=self.latent_shape(s), guidance_scale=s.guidance_scale,
+            inversion_guidance_scale=s.inversion_guidance_scale, dtype=self.dtype, device=self.device,
+            buckets=bucket_sizes(rows) if self.backend in SHAPE_SPECIALISED_BACKENDS else None,
         )  # fmt: skip
 
-    # --- Algorithm 2 ------------------------------------------------------------------------------------------
-    def optimize(
-        self,
-        prompt: str,
-        seeds=None,
-        *,
-        noise=None,
-        negative_prompt: str | None = None,
-        iterations: int = DEFAULT_STEPS,
-        lr: float | None = None,
-        momentum: float = DEFAULT_MOMENTUM,
-        target: float | None = None,
-        progress: Callable[[int, int], None] | None = None,
-        **options,
-    ) -> Optimization:
+    # --- Definition 1, Algorithm 1 -----------------------------------------------------------------------
+    def score(self, prompt: str | None = None, seeds=None, *, noise=None, negative_prompt: str | None = None,
+              condition: Condition | None = None, settings: Settings | None = None, height: int | None = None,
+              width: int | None = None, steps: int | None = None, inversion_steps: int | None = None,
+              guidance_scale: float | None = None, inversion_guidance_scale: float | None = None,
+              batch_size: int | None = None) -> torch.Tensor:  # fmt: skip
+        """s(ε) = cos(ε, I(D(ε))) for each seed's noise (or each row of ``noise``), in input order; [K] float32 CPU."""
+        s = self._resolve(settings, dict(height=height, width=width, steps=steps, inversion_steps=inversion_steps,
+                                         guidance_scale=guidance_scale, inversion_guidance_scale=inversion_guidance_scale,
+                                         batch_size=batch_size))  # fmt: skip
+        cond = self._cond(prompt, negative_prompt, condition, s)
+        if (seeds is None) == (noise is None):
+            raise InputError("pass exactly one of seeds or noise")
+        if noise is None:
+            seeds = _seeds([seeds] if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds)
+            parts = list(score_stream(self.scorer(s), [ScoreJob(0, cond, seeds)], self.batch_size_for(s)))
+            return torch.cat([p.scores for p in parts])
+        eps, _ = self._noise_or_seeds(None, noise, s)
+        with torch.inference_mode():
+            scores = stability_score(self.den, self.schedule(s), eps.to(self.dtype), cond, s.guidance_scale,
+                                     s.inversion_guidance_scale, max_batch=self.batch_size_for(s))  # fmt: skip
+        return scores.float().cpu()
+
+    def select(self, prompt: str | Sequence[str] | None = None, seeds: Iterable[int] = range(100), *,
+               negative_prompt: str | None = None, condition: Condition | None = None,
+               progress: ProgressFn | None = None, settings: Settings | None = None, height: int | None = None,
+               width: int | None = None, steps: int | None = None, inversion_steps: int | None = None,
+               guidance_scale: float | None = None, inversion_guidance_scale: float | None = None,
+               batch_size: int | None = None) -> Selection | list[Selection]:  # fmt: skip
+        """Algorithm 1 over ``seeds``: every seed scored, sorted most → least stable.
+
+        ``prompt`` may be a list: every prompt's candidates then share UNet batches and a list of
+        `Selection` comes back, one per prompt. Ctrl-C raises `noisefast.selection.SelectionInterrupted`
+        whose ``.result`` holds the finished rows.
+        """
+        s = self._resolve(settings, dict(height=height, width=width, steps=steps, inversion_steps=inversion_steps,
+                                         guidance_scale=guidance_scale, inversion_guidance_scale=inversion_guidance_scale,
+                                         batch_size=batch_size))  # fmt: skip
+        seeds = _seeds(seeds)
+        many = isinstance(prompt, (list, tuple))
+        prompts = list(prompt) if many else [prompt]
+        if many and not prompts:
+            raise InputError("the prompt list is empty")
+        jobs = [ScoreJob(i, self._cond(p, negative_prompt, condition, s), seeds) for i, p in enumerate(prompts)]
+        sels = select_many(self.scorer(s), jobs, self.batch_size_for(s), progress=progress)
+        return sels if many else sels[0]
+
+    def score_stream(self, items: Iterable[tuple[Hashable, str, Sequence[int]]], *, settings: Settings,
+                     negative_prompt: str | None = None, progress: ProgressFn | None = None) -> Iterator[ScoredRows]:  # fmt: skip
+        """Stream ``(key, prompt, seeds)`` items through shared UNet batches (`noisefast.batching.score_stream`).
+
+        ``items`` is read lazily, each prompt encoded once (cached); parts come back as batches finish.
+        """
+        jobs = (ScoreJob(key, self.condition(p, negative_prompt, settings), list(seeds)) for key, p, seeds in items)
+        return score_stream(self.scorer(settings), jobs, self.batch_size_for(settings), progress=progress)
+
+    # --- Algorithm 2 ---------------------------------------------------------------------------------------
+    def optimize(self, prompt: str | None = None, seeds=None, *, noise=None, negative_prompt: str | None = None,
+                 condition: Condition | None = None, iterations: int = DEFAULT_ITERATIONS, lr: float | None = None,
+                 momentum: float = DEFAULT_MOMENTUM, target: float | None = None, renorm: bool | None = None,
+                 nesterov: bool = False, grad_clip: float | None = None, checkpoint: bool = True, callback=None,
+                 progress: ProgressFn | None = None, settings: Settings | None = None, height: int | None = None,
+                 width: int | None = None, steps: int | None = None, inversion_steps: int | None = None,
+                 guidance_scale: float | None = None, inversion_guidance_scale: float | None = None,
+                 batch_size: int | None = None) -> Optimization:  # fmt: skip
         """Minimise 1 − s(ε) for each seed's noise (or each row of ``noise``), each sample independently.
 
-        ``options``: the per-call settings (``steps``, ``guidance_scale``, ...) and `optimize_noise`'s
-        own (``grad_clip``, ``renorm``, ``nesterov``, ``checkpoint``, ``callback``). The noise and its
-        velocity are float32 whatever the model's dtype. Ctrl-C ends the run early and keeps the best so far.
-        ``lr`` and ``renorm`` default to the model's (`ModelDefaults.optimize_lr` / ``optimize_renorm``:
-        the paper's lr 100 without renormalisation for SDXL; the built-in model's card says its own).
+        ``lr`` and ``renorm`` default to the model's (`ModelDefaults.optimize_lr` / ``optimize_renorm``: the
+        paper's lr 100 without renormalisation for SDXL; the built-in model's card says its own). The noise
+        and its velocity are float32 whatever the model's dtype. Ctrl-C ends the run early and keeps the
+        best so far; ``progress(step, iterations)`` after each step.
         """
-        lr = self.defaults.optimize_lr if lr is None else lr
-        if options.get("renorm") is None:
-            options["renorm"] = self.defaults.optimize_renorm
-        settings = {k: options.pop(k) for k in list(options) if k in Settings.__dataclass_fields__}
-        s = self.settings(**settings)
+        s = self._resolve(settings, dict(height=height, width=width, steps=steps, inversion_steps=inversion_steps,
+                                         guidance_scale=guidance_scale, inversion_guidance_scale=inversion_guidance_scale,
+                                         batch_size=batch_size))  # fmt: skip
+        iterations = check_int("iterations", iterations, 1, 100_000)
+        lr = check_float("lr", self.defaults.optimize_lr if lr is None else lr, 0.0, 1e6)
+        momentum = check_float("momentum", momentum, 0.0, 0.999)
+        target = None if target is None else check_float("target", target, -1.0, 1.0)
+        grad_clip = None if grad_clip is None else check_float("grad_clip", grad_clip, 0.0, 1e12)
+        cond = self._cond(prompt, negative_prompt, condition, s)
         eps, seeds = self._noise_or_seeds(seeds, noise, s)
-        eps = eps.float()
-        cond = self.encode(prompt, negative_prompt, s)
-        user_callback = options.pop("callback", None)
+        user_callback = callback
 
-        def callback(state):
+        def step_callback(state):
             if progress is not None:
                 progress(state.step + 1, state.steps + 1)
             return None if user_callback is None else user_callback(state)
 
         result = optimize_noise(
-            self.den, self.schedule(s), eps, cond, iterations, lr, momentum,
+            self.den, self.schedule(s), eps.float(), cond, iterations, lr, momentum,
             guidance_scale=s.guidance_scale, inversion_guidance_scale=s.inversion_guidance_scale,
-            target_stability=target, max_batch=s.batch_size, callback=callback, **options,
+            target_stability=target, max_batch=self.batch_size_for(s), callback=step_callback, nesterov=nesterov,
+            grad_clip=grad_clip, checkpoint=checkpoint,
+            renorm=self.defaults.optimize_renorm if renorm is None else bool(renorm),
         )  # fmt: skip
-        return Optimization(result=result, initial_noise=eps, seeds=seeds)
+        return Optimization(result=result, initial_noise=eps.float(), seeds=seeds)
 
-    # --- generation and decoding -------------------------------------------------------------------------
-    def generate(
-        self, prompt: str, seeds=None, *, noise=None, negative_prompt: str | None = None, decode: bool = True, **settings
-    ) -> Generation:
+    # --- generation and decoding -----------------------------------------------------------------------------
+    def generate(self, prompt: str | None = None, seeds=None, *, noise=None, negative_prompt: str | None = None,
+                 condition: Condition | None = None, decode: bool = True, settings: Settings | None = None,
+                 height: int | None = None, width: int | None = None, steps: int | None = None,
+                 inversion_steps: int | None = None, guidance_scale: float | None = None,
+                 inversion_guidance_scale: float | None = None, batch_size: int | None = None) -> Generation:  # fmt: skip
         """D(ε): the DDIM denoising loop from each seed's noise (or ``noise``), decoded to PIL images."""
-        s = self.settings(**settings)
+        s = self._resolve(settings, dict(height=height, width=width, steps=steps, inversion_steps=inversion_steps,
+                                         guidance_scale=guidance_scale, inversion_guidance_scale=inversion_guidance_scale,
+                                         batch_size=batch_size))  # fmt: skip
+        cond = self._cond(prompt, negative_prompt, condition, s)
         eps, seeds = self._noise_or_seeds(seeds, noise, s)
-        cond = self.encode(prompt, negative_prompt, s)
         with torch.inference_mode():
-            x0 = denoise(self.den, self.schedule(s), eps.to(self.dtype), cond, s.guidance_scale, max_batch=s.batch_size)
+            x0 = denoise(self.den, self.schedule(s), eps.to(self.dtype), cond, s.guidance_scale,
+                         max_batch=self.batch_size_for(s))  # fmt: skip
         images = self.decode(x0) if decode else []
         return Generation(images=images, latents=x0, noise=eps, seeds=seeds)
 
-    @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> list:  # latents [B, C, h, w] → B PIL images
-        """Latents → images: the VAE for SDXL (fp32 when its fp16 overflows), [-1, 1] → 8-bit for pixel models."""
-        if self.kind == "pixel":
-            return [_pixel_image(x) for x in latents.float().cpu()]
-        vae, pipe = self.model.vae, self.model.pipe
-        images = []
-        for lat in latents.split(1):  # one at a time: a 1024² VAE decode is the memory peak of a run
-            lat = lat.to(device=vae.device, dtype=vae.dtype)
-            mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
-            if mean is not None and std is not None:
-                c = lat.shape[1]
-                mean_t = torch.tensor(mean, device=lat.device, dtype=lat.dtype).view(1, c, 1, 1)
-                std_t = torch.tensor(std, device=lat.device, dtype=lat.dtype).view(1, c, 1, 1)
-                lat = lat * std_t / vae.config.scaling_factor + mean_t
-            else:
-                lat = lat / vae.config.scaling_factor
-            image = vae.decode(lat, return_dict=False)[0]
-            images += pipe.image_processor.postprocess(image.float(), output_type="pil")
-        return images
+        """Latents → images (`noisefast.decode`)."""
+        return decode_latents(self.model, latents)
 
     def describe(self) -> dict:
         """The model and engine facts a report records."""
@@ -369,12 +364,12 @@ class Engine:
         }
 
 
-def _pixel_image(x: torch.Tensor) -> Image.Image:  # x [C, H, W] in [-1, 1]
-    """A pixel-space sample as an 8-bit image, upscaled nearest-neighbour to at least PIXEL_VIEW_SIZE."""
-    u8 = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
-    img = Image.fromarray(u8[0], "L") if u8.shape[0] == 1 else Image.fromarray(np.moveaxis(u8[:3], 0, -1), "RGB")
-    scale = max(1, math.ceil(PIXEL_VIEW_SIZE / max(img.size)))
-    return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+def _seeds(seeds) -> list[int]:
+    """`check_seeds` with its errors as `InputError` (the Engine's one error type for bad arguments)."""
+    try:
+        return check_seeds(seeds)
+    except (TypeError, ValueError) as e:
+        raise InputError(str(e)) from None
 
 
-__all__ = ["Engine", "Generation", "NoisefastError", "Optimization", "Settings", "make_denoiser"]
+__all__ = ["Engine", "Generation", "Optimization", "Settings"]

@@ -27,12 +27,11 @@ import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from noisefast import ops
+from noisefast.defaults import DEFAULT_GUIDANCE_SCALE, DEFAULT_INVERSION_GUIDANCE_SCALE
 from noisefast.denoisers.base import Condition, Denoiser
 from noisefast.denoisers.guidance import GuidedDenoiser, check_condition_batch, check_guidance_scale
 from noisefast.schedule import DDIMSchedule, Move
 
-DEFAULT_GUIDANCE_SCALE = 5.0  # diffusers' StableDiffusionXLPipeline default
-DEFAULT_INVERSION_GUIDANCE_SCALE = 1.0  # conditional pass only
 
 
 def denoise(

@@ -5,7 +5,7 @@ import importlib.util
 import pytest
 import torch
 
-from noisefast.denoisers.artifacts import atomic_write_bytes
+from noisefast.atomic import atomic_write_bytes
 from noisefast.denoisers.backends import BACKENDS, BackendUnavailableError, make_denoiser
 from noisefast.denoisers.compiled import CompiledDenoiser
 from noisefast.denoisers.unet import UNetDenoiser

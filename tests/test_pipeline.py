@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from noisefast.loading import NoisefastError
+from noisefast.errors import NoisefastError
 from noisefast.pipeline import Engine
 
 # small and quick: latents 4×8×8, two DDIM steps each way
@@ -114,7 +114,7 @@ def test_bad_folders_and_ids(tiny_sdxl_folder, tmp_path, monkeypatch):
 def test_bad_settings(engine):
     with pytest.raises(NoisefastError, match="height=100 is not a multiple of 8"):
         engine.settings(height=100)
-    with pytest.raises(NoisefastError, match="steps must be a positive integer"):
+    with pytest.raises(NoisefastError, match=r"steps must be in \[1, 1000\], got 0"):
         engine.settings(steps=0)
     with pytest.raises(NoisefastError, match="exactly one of seeds or noise"):
         engine.score("x", **FAST)

@@ -6,7 +6,8 @@ import torch
 from noisefast.denoisers import GaussianMixtureDenoiser
 from noisefast.schedule import DDIMSchedule
 from noisefast.seeds import noise_from_seeds
-from noisefast.stability import Selection, SelectionInterrupted, select_noise, stability_score
+from noisefast.selection import Selection, SelectionInterrupted, select_noise
+from noisefast.stability import stability_score
 from noisefast.testing import SDXL_SCHEDULER_CONFIG, tiny_condition
 from noisefast.transform import transform
 
@@ -54,7 +55,7 @@ def test_select_noise_sorts_every_seed_by_stability():
                        progress=lambda done, total: calls.append((done, total)))
     direct = stability_score(den, sched, noise_from_seeds([5, 9, 2, 7, 30], SHAPE, dtype=torch.float64), cond, 2.0)
     by_seed = dict(zip([5, 9, 2, 7, 30], direct.tolist()))
-    assert sorted(sel.seeds) == [2, 5, 7, 9, 30] and sel.complete and sel.total == 5
+    assert sorted(sel.seeds) == [2, 5, 7, 9, 30] and sel.complete and sel.total == 5 and sel.as_dict()["requested"] == 5
     assert sel.scores.tolist() == sorted(sel.scores.tolist(), reverse=True)
     assert sel.scores.tolist() == pytest.approx([by_seed[s] for s in sel.seeds], abs=1e-6)
     assert sel.best_seed == max(by_seed, key=by_seed.get) and sel.worst_seed == min(by_seed, key=by_seed.get)

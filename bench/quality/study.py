@@ -38,7 +38,8 @@ from judge import get_judge  # noqa: E402
 from study_report import render_markdown  # noqa: E402
 
 from noisefast.builtin.prompts import class_prompt  # noqa: E402
-from noisefast.optimize import DEFAULT_LR, DEFAULT_MOMENTUM, DEFAULT_STEPS, optimize_noise  # noqa: E402
+from noisefast.defaults import DEFAULT_ITERATIONS, DEFAULT_LR, DEFAULT_MOMENTUM  # noqa: E402
+from noisefast.optimize import optimize_noise  # noqa: E402
 from noisefast.pipeline import Engine  # noqa: E402
 from noisefast.stability import select_noise  # noqa: E402
 from noisefast.transform import denoise  # noqa: E402
@@ -250,7 +251,7 @@ def main(argv=None) -> dict:
     p.add_argument("--opt-setting", type=parse_setting, default=parse_setting("10:2"))
     p.add_argument("--opt-seeds", type=int, default=5, help="random pool seeds per class to optimise (0: skip)")
     p.add_argument("--opt-iterations", type=int, default=20, help="iterations of the shell variant and its lr sweep")
-    p.add_argument("--paper-iterations", type=int, default=DEFAULT_STEPS, help="iterations of the paper variant")
+    p.add_argument("--paper-iterations", type=int, default=DEFAULT_ITERATIONS, help="iterations of the paper variant")
     p.add_argument("--paper-lr", type=float, default=None,
                    help="lr of the paper variant (no renormalisation); default the paper's 100 scaled by D/D_SDXL")
     p.add_argument("--lrs", type=float, nargs="+", default=list(DEFAULT_LRS),

@@ -66,8 +66,9 @@ def load_model_folder(path: str | Path, torch_dtype=None) -> ModelComponents:
     kw = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
     return ModelComponents(
         tokenizer=CLIPTokenizer.from_pretrained(path / "tokenizer"),
-        text_encoder=CLIPTextModel.from_pretrained(path / "text_encoder", **kw).eval(),
-        unet=UNet2DConditionModel.from_pretrained(path / "unet", **kw).eval(),
+        # safetensors only: a pickle-based weight file is never unpickled
+        text_encoder=CLIPTextModel.from_pretrained(path / "text_encoder", use_safetensors=True, **kw).eval(),
+        unet=UNet2DConditionModel.from_pretrained(path / "unet", use_safetensors=True, **kw).eval(),
         scheduler=DDIMScheduler.from_pretrained(path / "scheduler"),
         config=config,
         path=path,

@@ -1,5 +1,6 @@
 """Denoisers: the protocol, CFG batching, the diffusers UNet adapter, analytic and compiled backends."""
-from noisefast.denoisers.backends import BACKENDS, BackendUnavailableError, make_denoiser
+from noisefast.denoisers.backends import BACKENDS, make_denoiser
+from noisefast.errors import BackendUnavailableError
 from noisefast.denoisers.base import Condition, Denoiser
 from noisefast.denoisers.gmm import GaussianMixtureDenoiser
 from noisefast.denoisers.guidance import GuidedDenoiser, do_classifier_free_guidance

@@ -13,6 +13,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+
+
 _CHUNK = 16 << 20  # 16 MiB reads when hashing multi-GB weight files
 
 
@@ -21,23 +23,6 @@ def default_cache_dir() -> Path:
     if env := os.environ.get("NOISEFAST_CACHE"):
         return Path(env)
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "noisefast"
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Path:
-    """Write ``data`` to ``path`` through a temporary sibling and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def temporary_sibling_dir(path: str | os.PathLike) -> Path:

@@ -25,12 +25,9 @@ from pathlib import Path
 import torch
 
 from noisefast.denoisers.base import Denoiser
+from noisefast.errors import BackendUnavailableError
 
 BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt")
-
-
-class BackendUnavailableError(RuntimeError):
-    """The selected backend cannot run here (package or GPU missing); the message says how to fix it."""
 
 
 def _is_onnx(ref) -> bool:

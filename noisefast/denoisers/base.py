@@ -49,10 +49,6 @@ class Condition:
         """The common batch size (1 when every field is broadcastable)."""
         return max(getattr(self, f.name).shape[0] for f in fields(self) if getattr(self, f.name) is not None)
 
-    @property
-    def has_negative(self) -> bool:
-        return self.negative_prompt_embeds is not None
-
     def _map(self, fn) -> "Condition":
         return replace(self, **{f.name: (fn(v) if (v := getattr(self, f.name)) is not None else None) for f in fields(self)})
 
@@ -71,6 +67,22 @@ class Condition:
             return v.expand(batch, *v.shape[1:])
 
         return self._map(grow)
+
+    @staticmethod
+    def concat(conds) -> "Condition":
+        """``[c₀; c₁; …]`` along the batch, field by field; every condition must set the same fields."""
+        conds = list(conds)
+        if not conds:
+            raise ValueError("Condition.concat needs at least one condition")
+        if len(conds) == 1:
+            return conds[0]
+        values = {}
+        for f in fields(Condition):
+            vs = [getattr(c, f.name) for c in conds]
+            if any(v is None for v in vs) and not all(v is None for v in vs):
+                raise ValueError(f"cannot batch conditions: Condition.{f.name} is set in some of them only")
+            values[f.name] = None if vs[0] is None else torch.cat(vs)
+        return Condition(**values)
 
     def index(self, idx) -> "Condition":
         """Rows ``idx`` (a slice or index tensor) of every batch-B field; batch-1 fields are kept."""

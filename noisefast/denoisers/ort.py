@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from noisefast.denoisers.onnx_io import ExportedUNetDenoiser
+from noisefast.errors import BackendUnavailableError
 
 _NP_DTYPES = {
     torch.float32: np.float32,
@@ -26,7 +27,6 @@ def _import_onnxruntime():
     try:
         import onnxruntime
     except ImportError as e:
-        from noisefast.denoisers.backends import BackendUnavailableError
 
         raise BackendUnavailableError(
             "the onnxruntime backend needs the onnxruntime package: pip install 'noisefast[onnx]' "

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from noisefast.denoisers.artifacts import atomic_write_bytes, default_cache_dir
+from noisefast.atomic import atomic_write_bytes
+from noisefast.denoisers.artifacts import default_cache_dir
 from noisefast.denoisers.onnx_io import (
     ExportedUNetDenoiser,
     TensorSpec,
@@ -34,6 +35,7 @@ from noisefast.denoisers.onnx_io import (
     onnx_files,
     read_export_meta,
 )
+from noisefast.errors import BackendUnavailableError
 
 log = logging.getLogger(__name__)
 GiB = 1 << 30
@@ -45,7 +47,6 @@ class InsufficientGpuMemoryError(RuntimeError):
 
 def require_tensorrt():
     """Import ``tensorrt`` (>= 10) and check for a CUDA GPU; `BackendUnavailableError` with the fix otherwise."""
-    from noisefast.denoisers.backends import BackendUnavailableError
 
     try:
         import tensorrt as trt

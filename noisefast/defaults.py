@@ -1,0 +1,61 @@
+"""Every default setting, in one place: per model family, and the values the low-level functions use.
+
+The low-level functions (`noisefast.transform`, `noisefast.stability`, `noisefast.optimize`) default to
+the SDXL family's values, so ``stability_score(den, sched, noise, cond)`` and
+``Engine.from_pretrained(sdxl).score(...)`` mean the same thing. A built-in model's defaults come from
+its card (``noisefast_model.json``), read by `noisefast.loading`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Algorithm 2 (the paper's defaults): 100 steps of gradient descent with momentum, lr 100, momentum 0.5.
+DEFAULT_ITERATIONS = 100
+DEFAULT_LR = 100.0
+DEFAULT_MOMENTUM = 0.5
+
+# Algorithm 1: K candidates; how many rows go through the UNet at once when nothing else is said.
+DEFAULT_NUM_CANDIDATES = 100
+DEFAULT_BATCH_SIZE = 8
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """Per-model generation settings; every field can be overridden per call."""
+
+    family: str  # "sdxl", "sdxl-turbo" or "pixel"
+    height: int
+    width: int
+    steps: int  # DDIM denoising steps N
+    inversion_steps: int  # DDIM inversion steps N'
+    guidance_scale: float  # w_d (> 1 runs classifier-free guidance)
+    inversion_guidance_scale: float  # w_i
+    optimize_lr: float = DEFAULT_LR  # Algorithm 2's learning rate (the paper's 100, for SDXL latents)
+    optimize_renorm: bool = False  # project ε back to ‖ε‖ = √D after each step
+    max_side: int = 2048  # the largest height/width accepted (pixels): beyond it the model is out of its range
+
+
+# SDXL: 50 DDIM steps at 1024², CFG 5.5 (the paper's SDXL setting), conditional-only inversion.
+# SDXL-Turbo: its model card's 512², one step, no guidance; one inversion step.
+SDXL_DEFAULTS = ModelDefaults("sdxl", 1024, 1024, 50, 50, 5.5, 1.0)
+TURBO_DEFAULTS = ModelDefaults("sdxl-turbo", 512, 512, 1, 1, 0.0, 1.0)
+FAMILY_DEFAULTS = {d.family: d for d in (SDXL_DEFAULTS, TURBO_DEFAULTS)}
+
+# The low-level functions' defaults: the SDXL family's.
+DEFAULT_GUIDANCE_SCALE = SDXL_DEFAULTS.guidance_scale
+DEFAULT_INVERSION_GUIDANCE_SCALE = SDXL_DEFAULTS.inversion_guidance_scale
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_GUIDANCE_SCALE",
+    "DEFAULT_INVERSION_GUIDANCE_SCALE",
+    "DEFAULT_ITERATIONS",
+    "DEFAULT_LR",
+    "DEFAULT_MOMENTUM",
+    "DEFAULT_NUM_CANDIDATES",
+    "FAMILY_DEFAULTS",
+    "ModelDefaults",
+    "SDXL_DEFAULTS",
+    "TURBO_DEFAULTS",
+]

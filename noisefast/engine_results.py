@@ -1,0 +1,70 @@
+"""What the Engine's generate and optimize return (Algorithm 1's `Selection` lives in `noisefast.selection`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from noisefast.atomic import atomic_path
+from noisefast.optimize import OptimizeResult
+
+
+@dataclass(frozen=True, eq=False)
+class Generation:
+    """Images and the final latents x₀ they were decoded from, one per noise."""
+
+    images: list  # list[PIL.Image.Image]
+    latents: torch.Tensor  # [B, C, h, w] final latents (before decoding)
+    noise: torch.Tensor  # [B, C, h, w] initial noise ε
+    seeds: tuple[int, ...] | None
+
+
+@dataclass(frozen=True, eq=False)
+class Optimization:
+    """Algorithm 2's outcome for each noise (see `noisefast.optimize.OptimizeResult`), with where it started."""
+
+    result: OptimizeResult
+    initial_noise: torch.Tensor  # [B, C, h, w] ε_0, float32
+    seeds: tuple[int, ...] | None
+
+    @property
+    def best_noise(self) -> torch.Tensor:  # [B, C, h, w] per sample the most stable ε seen
+        return self.result.best_noise
+
+    @property
+    def noise(self) -> torch.Tensor:  # [B, C, h, w] the final ε
+        return self.result.noise
+
+    @property
+    def history(self) -> torch.Tensor:  # [R, B] s(ε_k), k = 0 … R−1
+        return self.result.history
+
+    @property
+    def steps_run(self) -> int:
+        return self.result.steps_run
+
+    @property
+    def interrupted(self) -> bool:
+        return self.result.interrupted
+
+    def noise_tensors(self) -> dict[str, torch.Tensor]:
+        """``initial``, ``best`` and ``final`` noise [B, C, h, w], float32, contiguous, on the CPU."""
+        tensors = {"initial": self.initial_noise, "best": self.result.best_noise, "final": self.result.noise}
+        return {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
+
+    def noise_bytes(self) -> bytes:
+        """`noise_tensors` as a safetensors file's bytes (seeds in the metadata)."""
+        from safetensors.torch import save
+
+        return save(self.noise_tensors(), metadata={"seeds": ",".join(map(str, self.seeds or ()))})
+
+    def save_noise(self, path) -> None:
+        """`noise_tensors` as safetensors at ``path``, written atomically (seeds in the metadata)."""
+        from safetensors.torch import save_file
+
+        with atomic_path(path) as tmp:
+            save_file(self.noise_tensors(), str(tmp), metadata={"seeds": ",".join(map(str, self.seeds or ()))})
+
+
+__all__ = ["Generation", "Optimization"]
