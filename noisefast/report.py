@@ -9,16 +9,16 @@ No plotting library is needed: the charts are a few rectangles and lines on a PI
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
+
+from noisefast.atomic import atomic_path, atomic_write_json
 
 BG, FG, GRID = (255, 255, 255), (20, 20, 20), (225, 225, 225)
 BEST, WORST, BAR = (30, 140, 60), (200, 50, 40), (70, 110, 180)
@@ -41,9 +41,7 @@ def save_images(images: Sequence[Image.Image], folder: str | os.PathLike, names:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for img, name in zip(images, names):
-        path = folder / name
-        img.save(path, format="PNG")
-        paths.append(path)
+        paths.append(save_png(img, folder / name))
     return paths
 
 
@@ -209,24 +207,12 @@ def versions() -> dict:
 
 
 def write_report(path: str | os.PathLike, report: dict) -> Path:
-    """Write ``report`` as indented JSON, atomically (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(report, f, indent=2, default=_json_default)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``report`` as indented strict JSON (NaN/inf as null), atomically (never a half-written file)."""
+    return atomic_write_json(path, report)
 
 
-def _json_default(v):
-    if hasattr(v, "tolist"):
-        return v.tolist()
-    if isinstance(v, Path):
-        return str(v)
-    return str(v)
+def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
+    """``image`` as a PNG at ``path``, atomically."""
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    return Path(path)

@@ -1,0 +1,103 @@
+"""The ``noisefast`` command: ``noisefast {score,select,optimize,generate,export,...} [options]``.
+
+Each subcommand is a module of this package exposing ``COMMAND`` (a `noisefast.cli.args.Command`: help
+text, ``add_arguments(parser)``, ``run(args) -> exit code``), registered in `COMMANDS` by name; it runs
+the use cases of `noisefast.workflows` and only parses, prints and writes files.
+
+Exit codes: 0 success; 2 bad input, model or output path (a `noisefast.errors.NoisefastError` or an
+argparse error, printed as one line); 130 interrupted (Ctrl-C; what finished is kept and reported);
+1 an internal error (a bug: one line, and the traceback with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from noisefast.cli.args import Command, parse_seeds
+from noisefast.cli.run import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+
+EXIT_INTERNAL = 1
+COMMANDS: dict[str, str] = {  # name → module holding COMMAND
+    "score": "noisefast.cli.score",
+    "select": "noisefast.cli.select",
+    "optimize": "noisefast.cli.optimize",
+    "generate": "noisefast.cli.generate",
+    "export": "noisefast.cli.export",
+}
+
+
+def load_command(name: str) -> Command:
+    return importlib.import_module(COMMANDS[name]).COMMAND
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from noisefast import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="noisefast",
+        description="Diffusion noise selection and optimization by inversion stability (SDXL, SDXL-Turbo, built-in models).",
+    )
+    parser.add_argument("--version", action="version", version=f"noisefast {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks and library logs")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        cmd = load_command(name)
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        cmd.add_arguments(p)
+        p.set_defaults(_command=cmd)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    """Library chatter (weight-loading bars, optional-dependency notices) is not the command's output."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        import diffusers.utils.logging as dlog
+        import transformers.utils.logging as tlog
+
+        dlog.disable_progress_bar()
+        tlog.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def main(argv: list[str] | None = None) -> int:
+    from noisefast.errors import NoisefastError
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv[:1] or os.environ.get("NOISEFAST_DEBUG") == "1"
+    if not debug:
+        _quiet_libraries()
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._command.run(args) or EXIT_OK)
+    except KeyboardInterrupt:
+        print("noisefast: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except NoisefastError as e:
+        if debug:
+            raise
+        print(f"noisefast {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return e.exit_code
+    except Exception as e:  # a bug, or an environment failure no check foresaw: one line, traceback on request
+        if debug:
+            raise
+        print(f"noisefast {args.command}: internal error: {type(e).__name__}: {_one_line(e)} "
+              f"(run with --debug for the traceback)", file=sys.stderr)  # fmt: skip
+        return EXIT_INTERNAL
+
+
+__all__ = ["COMMANDS", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main", "parse_seeds"]
+
+if __name__ == "__main__":
+    sys.exit(main())
