@@ -1,5 +1,7 @@
 """Shared fixtures: tiny random SDXL-architecture models, saved and loaded back (the real loading code)."""
 
+import os
+
 import pytest
 
 
@@ -41,3 +43,17 @@ def tiny_sdxl(tiny_sdxl_folder):
     pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_folder)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture
+def quiet_env(monkeypatch):
+    """In-process ``noisefast.cli.main()`` sets library verbosity variables (setdefault) and torch's thread
+    count; restore both."""
+    import torch
+
+    quiet = {"TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    for k, v in quiet.items():
+        monkeypatch.setenv(k, os.environ.get(k, v))
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

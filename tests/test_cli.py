@@ -24,17 +24,6 @@ def run_cli(*args, timeout=300):
                           env=env, timeout=timeout, cwd=REPO)  # fmt: skip
 
 
-@pytest.fixture
-def quiet_env(monkeypatch):
-    """In-process main() sets library verbosity variables (setdefault) and torch's thread count; restore both."""
-    quiet = {"TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-    for k, v in quiet.items():
-        monkeypatch.setenv(k, os.environ.get(k, v))
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_select_end_to_end_and_best_seed_reproduces_in_stock_pipeline(tiny_sdxl_folder, tiny_sdxl, tmp_path):
     out = tmp_path / "out"
     proc = run_cli("select", "--model", tiny_sdxl_folder, "--prompt", "a red fox", "--seeds", "0:5", *TINY,
@@ -118,7 +107,7 @@ def test_errors_exit_nonzero_with_a_clear_message(args, message, tiny_sdxl_folde
 
 
 def test_ctrl_c_keeps_the_finished_seeds(tiny_sdxl_folder, tmp_path, monkeypatch, quiet_env, capsys):
-    from noisefast.cli import Progress
+    from noisefast.progress import ProgressBar
 
     calls = []
 
@@ -127,7 +116,7 @@ def test_ctrl_c_keeps_the_finished_seeds(tiny_sdxl_folder, tmp_path, monkeypatch
         if len(calls) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(Progress, "__call__", interrupt_on_second_chunk)
+    monkeypatch.setattr(ProgressBar, "__call__", interrupt_on_second_chunk)
     out = tmp_path / "partial"
     code = main(["select", "--model", str(tiny_sdxl_folder), "--prompt", "x", *TINY, "--seeds", "0:4",
                  "--batch-size", "1", "--out", str(out)])  # fmt: skip

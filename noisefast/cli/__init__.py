@@ -33,16 +33,23 @@ def load_command(name: str) -> Command:
     return importlib.import_module(COMMANDS[name]).COMMAND
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (naming the option and the problem) and a pointer to --help."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from noisefast import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="noisefast",
         description="Diffusion noise selection and optimization by inversion stability (SDXL, SDXL-Turbo, built-in models).",
     )
     parser.add_argument("--version", action="version", version=f"noisefast {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and library logs")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
         cmd = load_command(name)
         p = sub.add_parser(name, help=cmd.help, description=cmd.help)
@@ -57,11 +64,14 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
+        import logging
+
         import diffusers.utils.logging as dlog
         import transformers.utils.logging as tlog
 
-        dlog.disable_progress_bar()
-        tlog.disable_progress_bar()
+        for lib in (dlog, tlog):  # their failures reach the user as noisefast's own one-line errors
+            lib.disable_progress_bar()
+            lib.set_verbosity(logging.CRITICAL)
     except ImportError:
         pass
 
