@@ -42,7 +42,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SDXL_UNET_CONFIGS = (  # the repo's copy first, then the shared model folder
     os.path.join(HERE, "configs", "sdxl_unet.json"),
     os.path.join(HERE, "..", "..", "shared", "models", "sdxl-base-1.0", "unet", "config.json"),
-    "/work/shared/models/sdxl-base-1.0/unet/config.json",
 )
 MODES = {"checkpoint": True, "plain": False}
 

@@ -148,9 +148,8 @@ class Engine:
     def batch_size_for(self, s: Settings) -> int:
         """Rows per UNet batch for ``s``, after checking a batch that size fits the device's memory."""
         rows = s.batch_size or DEFAULT_BATCH_SIZE
-        cfg = do_classifier_free_guidance(s.guidance_scale) or do_classifier_free_guidance(s.inversion_guidance_scale)
         check_fits_memory(rows, self.latent_shape(s), int(self.model.unet.config.block_out_channels[0]), self.dtype,
-                          self.device, cfg=cfg)  # fmt: skip
+                          self.device, cfg=self._with_negative(s))  # fmt: skip
         return rows
 
     def schedule(self, s: Settings) -> DDIMSchedule:
@@ -168,15 +167,10 @@ class Engine:
             raise InputError(f"prompt must be a string, got {type(prompt).__name__}")
         if negative_prompt is not None and not isinstance(negative_prompt, str):
             raise InputError(f"negative_prompt must be a string or None, got {type(negative_prompt).__name__}")
-        with_negative = do_classifier_free_guidance(s.guidance_scale) or do_classifier_free_guidance(
-            s.inversion_guidance_scale
-        )
-        key = (prompt, negative_prompt, s.height, s.width, with_negative)
+        key = (prompt, negative_prompt, s.height, s.width, self._with_negative(s))
         cond = self._conditions.get(key)
         if cond is None:
-            with torch.no_grad():  # not inference_mode: the condition may enter an autograd graph (optimize)
-                cond = self.model.encoder(prompt, negative_prompt, height=s.height, width=s.width,
-                                          with_negative=with_negative, device=self.device)  # fmt: skip
+            cond = self.encode(prompt, negative_prompt, s)  # no_grad, not inference_mode: optimize may use it
             self._conditions[key] = cond
             if len(self._conditions) > CONDITION_CACHE_SIZE:
                 self._conditions.popitem(last=False)
@@ -184,9 +178,17 @@ class Engine:
             self._conditions.move_to_end(key)
         return cond
 
-    def encode(self, prompt: str, negative_prompt: str | None = None, s: Settings | None = None) -> Condition:
-        """`condition` (kept under its older name)."""
-        return self.condition(prompt, negative_prompt, s)
+    def encode(self, prompt: str | list[str], negative_prompt: str | None = None, s: Settings | None = None) -> Condition:
+        """The condition for ``prompt`` or a list of prompts (one row each), encoded now (not cached)."""
+        s = s or self.settings()
+        with torch.no_grad():
+            return self.model.encoder(prompt, negative_prompt, height=s.height, width=s.width,
+                                      with_negative=self._with_negative(s), device=self.device)  # fmt: skip
+
+    @staticmethod
+    def _with_negative(s: Settings) -> bool:
+        """Whether the unconditional half is needed: some guidance scale of ``s`` runs classifier-free guidance."""
+        return do_classifier_free_guidance(s.guidance_scale) or do_classifier_free_guidance(s.inversion_guidance_scale)
 
     def _cond(self, prompt, negative_prompt, condition, s: Settings) -> Condition:
         if condition is not None:

@@ -41,7 +41,7 @@ from noisefast.builtin.prompts import class_prompt  # noqa: E402
 from noisefast.defaults import DEFAULT_ITERATIONS, DEFAULT_LR, DEFAULT_MOMENTUM  # noqa: E402
 from noisefast.optimize import optimize_noise  # noqa: E402
 from noisefast.pipeline import Engine  # noqa: E402
-from noisefast.stability import select_noise  # noqa: E402
+from noisefast.selection import select_noise  # noqa: E402
 from noisefast.transform import denoise  # noqa: E402
 
 DEFAULT_SETTINGS = ("10:2", "10:1", "4:1")  # the model's default (10 steps, w 2), conditional only, few steps
