@@ -80,3 +80,19 @@ def stock_sdxl_latents64(pipe, prompt: str, seed: int, *, height: int, width: in
     return pipe(prompt_embeds=up(pe), negative_prompt_embeds=up(npe), pooled_prompt_embeds=up(pooled),
                 negative_pooled_prompt_embeds=up(npooled), latents=noise.double(), height=height, width=width,
                 num_inference_steps=steps, guidance_scale=guidance, output_type="latent").images
+
+
+# Two float64 runs of the same operations that differ only in batching, chunking or summation order: each
+# output is a reassociation of at most ~10⁴ roundings of size eps64 (1.1e-16) on O(1) values → 1e-12.
+F64_SAME_OPS = dict(rtol=1e-12, atol=1e-12)
+
+# Depth of the tiny test UNet in "roundings per output element" (≈ 40 layers, each a float32 reduction):
+# the relative error of one float32 forward is ≲ UNET_ULPS·eps32.
+UNET_ULPS = 64
+
+
+def unet_rel_tolerance(guidance: float = 0.0, *, runs: int = 2) -> float:
+    """Relative (norm) difference allowed between ``runs`` float32 UNet loops that should agree (diffusers vs
+    noisefast, batched vs chunked): ``runs · UNET_ULPS · eps32 · (1 + |w|)``. DDIM is contractive along the
+    loop, so the per-step relative error does not grow with the number of steps."""
+    return runs * UNET_ULPS * EPS[torch.float32] * (1 + abs(guidance))
