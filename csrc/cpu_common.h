@@ -11,16 +11,7 @@
 #endif
 
 #include "common.h"
-
-// Hot loops are compiled for AVX-512 (x86-64-v4), AVX2+FMA (x86-64-v3) and the baseline; the
-// loader picks the best one for the running CPU (GCC/Clang function multi-versioning), so the
-// build stays portable without -march=native.
-#if defined(__x86_64__) && defined(__linux__) && \
-    ((defined(__clang__) && __clang_major__ >= 14) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
-#define NF_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define NF_CPU_CLONES
-#endif
+#include "cpu_isa.h"
 
 namespace noisefast {
 
@@ -90,10 +81,13 @@ void dispatch_dtype(DType dtype, F&& f) {
 // Below this many elements a call runs on one thread: waking the pool costs more than it saves.
 constexpr int64_t kParallelGrain = 32768;
 
-// Runs body(b, lo, hi) for every (row b, chunk [lo, hi)) of `rc`, spread over OpenMP threads.
+// Runs body(b, lo, hi) for every (row b, chunk [lo, hi)) of `rc`, spread over OpenMP threads,
+// compiled for the CPU ISA level in use (cpu_isa.h; read once per call). `body` and every hot
+// loop it calls must be NF_CPU_HOT(_LAMBDA), so that they are compiled into the ISA trampoline.
 template <typename Body>
 void for_each_chunk(const RowChunks& rc, const Launch& launch, Body&& body) {
   const int64_t tasks = rc.count();
+  const int isa = cpu_isa_current();
 #if defined(_OPENMP)
   const int nt = launch.nthreads > 0 ? int(launch.nthreads) : omp_get_max_threads();
   const bool parallel = tasks > 1 && nt > 1 && rc.B * rc.N >= kParallelGrain;
@@ -103,7 +97,7 @@ void for_each_chunk(const RowChunks& rc, const Launch& launch, Body&& body) {
 #endif
   for (int64_t t = 0; t < tasks; ++t) {
     const int64_t b = t / rc.per_row, lo = (t % rc.per_row) * rc.len;
-    body(b, lo, lo + rc.len < rc.N ? lo + rc.len : rc.N);
+    run_chunk(isa, body, b, lo, lo + rc.len < rc.N ? lo + rc.len : rc.N);
   }
 }
 

@@ -7,11 +7,13 @@ pure-torch reference (``noisefast.ref``) with one :class:`ExtensionFallbackWarni
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from types import ModuleType
 
 import torch
@@ -120,11 +122,38 @@ def _outside_package_stacklevel() -> int:
     return level
 
 
+def cpu_isa_levels() -> list[str]:
+    """The CPU instruction-set levels the kernels can run with on this machine, lowest first.
+
+    ``["baseline", "avx2", "avx512"]`` or a prefix of it on x86-64 (``["baseline"]`` elsewhere, and
+    ``[]`` without ``noisefast._C``).
+    """
+    return list(_C.cpu_isa_available()) if _C is not None else []
+
+
+@contextlib.contextmanager
+def cpu_isa(level: str) -> Iterator[str]:
+    """Runs the CPU kernels with instruction-set ``level`` (baseline, avx2, avx512) inside the block.
+
+    The switch is process-wide (every thread), like ``NOISEFAST_CPU_ISA`` at load time; the previous
+    level comes back on exit. ``ValueError`` for an unknown level or one this CPU lacks.
+    """
+    if _C is None:
+        raise RuntimeError(f"noisefast._C is not available ({_C_ERROR})")
+    previous = _C.set_cpu_isa(level)
+    try:
+        yield level
+    finally:
+        _C.set_cpu_isa(previous)
+
+
 def build_info() -> dict:
     """What was built, with which toolchain, and what can run now.
 
     Keys: ``version``, ``torch``; ``cpu_extension`` (bool), ``cpu_error``, ``openmp`` (the
-    ``_OPENMP`` date, 0 without), ``compiler``; ``cuda_mode`` (NOISEFAST_CUDA at build time),
+    ``_OPENMP`` date, 0 without), ``compiler``; ``cpu_isa`` (the instruction-set level the CPU
+    kernels run with now: baseline, avx2 or avx512; NOISEFAST_CPU_ISA caps it), ``cpu_isa_available``
+    (the levels this CPU runs), ``cpu_isa_compiled`` (the levels in the build); ``cuda_mode`` (NOISEFAST_CUDA at build time),
     ``cuda_compiler`` (the nvcc used, "" if none), ``cuda_extension`` (bool), ``cuda_error``,
     ``cuda_archs``, ``cuda_version`` (runtime the kernels were built with), ``cuda_driver``,
     ``cuda_devices``; ``torch_cuda`` (torch.cuda.is_available()), ``cuda_usable`` (fused CUDA
@@ -147,6 +176,9 @@ def build_info() -> dict:
         "cpu_error": _C_ERROR,
         "openmp": cpu.get("openmp", 0),
         "compiler": cpu.get("compiler", ""),
+        "cpu_isa": cpu.get("cpu_isa", ""),
+        "cpu_isa_available": cpu.get("cpu_isa_available", []),
+        "cpu_isa_compiled": cpu.get("cpu_isa_compiled", []),
         "cuda_mode": cpu.get("cuda_mode", ""),
         "cuda_compiler": cpu.get("cuda_compiler", ""),
         "cuda_extension": _C_CUDA is not None,

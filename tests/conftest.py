@@ -1,8 +1,49 @@
-"""Shared fixtures: tiny random SDXL-architecture models, saved and loaded back (the real loading code)."""
+"""Shared fixtures: tiny random SDXL-architecture models, saved and loaded back (the real loading code),
+and the CPU instruction-set levels the kernel tests run under."""
 
 import os
 
 import pytest
+
+from noisefast import _ext
+
+# The kernel tests (tests/test_ops_{ddim,cosine,momentum}.py) run once per CPU instruction-set
+# level this machine can execute (baseline, avx2, avx512: the kernels' compiled versions, see
+# csrc/cpu_isa.h), so a rounding or correctness bug in any version shows up on every machine, not
+# only on the one whose CPU picks it. NOISEFAST_CPU_ISA caps the levels here as it caps the
+# dispatch (=baseline: baseline only). The slow end-to-end tests run with the load-time level only.
+KERNEL_TEST_MODULES = {"test_ops_ddim", "test_ops_cosine", "test_ops_momentum"}
+CPU_ISA_LEVELS = _ext.cpu_isa_levels()
+if CPU_ISA_LEVELS:
+    CPU_ISA_LEVELS = CPU_ISA_LEVELS[: CPU_ISA_LEVELS.index(_ext.build_info()["cpu_isa"]) + 1]
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.module.__name__.rpartition(".")[2] in KERNEL_TEST_MODULES and CPU_ISA_LEVELS:
+        metafunc.parametrize("kernel_cpu_isa", CPU_ISA_LEVELS, indirect=True, ids=lambda level: f"isa-{level}")
+
+
+def pytest_collection_modifyitems(config, items):
+    """CUDA cases do not run CPU code: keep them once (under the best level), not once per level."""
+    keep, drop = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        redundant = params.get("device") == "cuda" and params.get("kernel_cpu_isa", CPU_ISA_LEVELS[-1]) != CPU_ISA_LEVELS[-1]
+        (drop if redundant else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture(autouse=True)
+def kernel_cpu_isa(request):
+    """The CPU ISA level of a kernel test (None elsewhere: the process's level, NOISEFAST_CPU_ISA or the best)."""
+    level = getattr(request, "param", None)
+    if level is None:
+        yield None
+        return
+    with _ext.cpu_isa(level):
+        yield level
 
 
 @pytest.fixture(scope="session")

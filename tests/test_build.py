@@ -74,3 +74,46 @@ def test_missing_extension_falls_back_to_ref_with_one_warning(monkeypatch):
     assert caught[0].filename == __file__  # points at the caller
     torch.testing.assert_close(out, ref.ddim_move(x, m, 0.3, 0.8))
     torch.testing.assert_close(score, ref.cosine_similarity(x, m))
+
+
+def test_cpu_isa_levels_are_reported_and_switchable():
+    info = _ext.build_info()
+    available, compiled = info["cpu_isa_available"], info["cpu_isa_compiled"]
+    assert compiled in (["baseline"], ["baseline", "avx2", "avx512"]), compiled  # x86-64 builds all three
+    assert available and available == compiled[: len(available)] and info["cpu_isa"] in available
+    for level in available:
+        with _ext.cpu_isa(level):
+            assert _ext.build_info()["cpu_isa"] == level
+        assert _ext.build_info()["cpu_isa"] == info["cpu_isa"]  # restored
+    with pytest.raises(ValueError, match="expected baseline, avx2 or avx512"):
+        _ext._C.set_cpu_isa("sse9")
+    for missing in set(compiled) - set(available):
+        with pytest.raises(ValueError, match="available: " + ", ".join(available)):  # never a SIGILL
+            _ext._C.set_cpu_isa(missing)
+    assert _ext.build_info()["cpu_isa"] == info["cpu_isa"]
+
+
+@pytest.mark.parametrize("value", ["baseline", "avx2", "avx512", "AVX2", "", "avx-512"])
+def test_noisefast_cpu_isa_caps_the_level_at_load_time(value):
+    """NOISEFAST_CPU_ISA: a known level the CPU has is used; a missing one or an unknown value warns and uses the best."""
+    import subprocess
+    import sys
+
+    available = _ext.build_info()["cpu_isa_available"]
+    env = dict(os.environ, NOISEFAST_CPU_ISA=value)
+    code = ("import importlib.util as u, warnings; warnings.simplefilter('always'); "  # the .so alone: no torch import
+            f"s = u.spec_from_file_location('noisefast._C', {_ext._C.__file__!r}); C = u.module_from_spec(s); "
+            "s.loader.exec_module(C); print(C.cpu_isa())")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    wanted = value.lower()
+    if wanted in available:
+        assert run.stdout.strip() == wanted and "RuntimeWarning" not in run.stderr
+    elif value == "":  # unset
+        assert run.stdout.strip() == available[-1] and not run.stderr
+    else:
+        assert run.stdout.strip() == available[-1]
+        assert "RuntimeWarning: noisefast: NOISEFAST_CPU_ISA" in run.stderr, run.stderr
+        if wanted in ("baseline", "avx2", "avx512"):
+            assert "supports only " + ", ".join(available) in run.stderr
+        else:
+            assert "is not one of baseline, avx2, avx512" in run.stderr

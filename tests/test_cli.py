@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from _tolerance import assert_close_to_reference, magnitude_atol, stock_sdxl_latents64
 from noisefast.cli import main, parse_seeds
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,9 +54,11 @@ def test_select_end_to_end_and_best_seed_reproduces_in_stock_pipeline(tiny_sdxl_
                     generator=torch.Generator("cpu").manual_seed(best), output_type="latent").images  # fmt: skip
     gen = Engine.from_pretrained(tiny_sdxl_folder).generate("a red fox", [best], height=64, width=64, steps=2,
                                                             guidance_scale=5.5)  # fmt: skip
-    torch.testing.assert_close(gen.latents, ref, rtol=1e-5, atol=1e-6)
     with Image.open(out / "best.png") as im:
         assert np.array_equal(np.asarray(im), np.asarray(gen.images[0]))
+    # flash rule against diffusers in float64 (tests/_tolerance.py): ≤ 2× diffusers' own float32 error + ulps
+    ref64 = stock_sdxl_latents64(tiny_sdxl, "a red fox", best, height=64, width=64, steps=2, guidance=5.5)
+    assert_close_to_reference(gen.latents, ref, ref64, name="best seed latents")
 
 
 def test_optimize_end_to_end_raises_stability(tiny_sdxl_folder, tmp_path):
@@ -167,4 +170,7 @@ def test_export_then_score_through_onnxruntime_matches_torch(tmp_path, quiet_env
                      "--inversion-steps", "2", "--backend", backend, "--out", str(tmp_path / backend), "--json"])  # fmt: skip
         assert code == 0
         scores[backend] = json.loads(capsys.readouterr().out)["runs"][0]["scores"]
-    np.testing.assert_allclose(scores["onnxruntime"], scores["torch"], rtol=1e-4, atol=1e-5)
+    # ONNX Runtime's float32 kernels reassociate every UNet reduction: a cosine in [-1, 1] after 2+2 guided
+    # moves (builtin guidance 2) differs by the magnitude model with ~100 ulps per UNet call (deep net)
+    atol = magnitude_atol(torch.tensor(scores["torch"]), steps=4, guidance=2.0, ulps=100)
+    np.testing.assert_allclose(scores["onnxruntime"], scores["torch"], rtol=0, atol=atol)

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from _tolerance import F64_SAME_OPS
 from noisefast import ops
 from noisefast.denoisers import GaussianMixtureDenoiser, UNetDenoiser
 from noisefast.optimize import SavedBytes, optimize_noise, stability_grad
@@ -72,7 +73,7 @@ def test_updates_are_momentum_steps_along_the_gradient(nesterov):
     v2 = mu * g0 + g1
     e2 = e1 - lr * (g1 + mu * v2 if nesterov else v2)
     res = optimize_noise(den, SCHED, e0, cond, steps=2, lr=lr, momentum=mu, nesterov=nesterov, guidance_scale=W)
-    torch.testing.assert_close(res.noise, e2, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(res.noise, e2, **F64_SAME_OPS)
     assert res.steps_run == 2 and res.history.shape == (3, 2) and res.stop_reason == "steps"
     torch.testing.assert_close(res.history[-1], stability_score(den, SCHED, e2, cond, W), rtol=0, atol=1e-14)
 
@@ -92,7 +93,7 @@ def test_stability_rises_on_the_gaussian_mixture(seed):
     assert unstable.sum() >= 2  # the test is not vacuous
     assert bool((best[unstable] > start[unstable] + 0.05).all()), (start, best)
     assert bool((best >= start).all()) and bool((res.history.max(0).values == best).all())
-    torch.testing.assert_close(stability_score(den, SCHED, res.best_noise, cond, W), best, rtol=0, atol=1e-12)
+    torch.testing.assert_close(stability_score(den, SCHED, res.best_noise, cond, W), best, rtol=0, atol=F64_SAME_OPS["atol"])
 
 
 def test_stability_rises_on_the_tiny_sdxl_unet(tiny_denoiser):
@@ -157,10 +158,10 @@ def test_samples_are_independent(target):
     both = optimize_noise(den, SCHED, noise, cond, **kw)
     for b in range(2):
         alone = optimize_noise(den, SCHED, noise[b : b + 1], cond, **kw)
-        torch.testing.assert_close(both.noise[b : b + 1], alone.noise, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(both.best_noise[b : b + 1], alone.best_noise, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(both.noise[b : b + 1], alone.noise, **F64_SAME_OPS)
+        torch.testing.assert_close(both.best_noise[b : b + 1], alone.best_noise, **F64_SAME_OPS)
         rows = alone.history.shape[0]
-        torch.testing.assert_close(both.history[:rows, b], alone.history[:, 0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(both.history[:rows, b], alone.history[:, 0], **F64_SAME_OPS)
 
 
 def test_early_stop_freezes_each_sample_at_the_target():
@@ -176,7 +177,7 @@ def test_early_stop_freezes_each_sample_at_the_target():
     assert len(set(first.tolist())) > 1  # samples stopped at different steps
     for b in range(4):  # frozen from then on: score and noise unchanged
         assert bool((res.history[first[b]:, b] == res.history[first[b], b]).all())
-    torch.testing.assert_close(stability_score(den, SCHED, res.noise, cond, W), res.history[-1], rtol=0, atol=1e-12)
+    torch.testing.assert_close(stability_score(den, SCHED, res.noise, cond, W), res.history[-1], rtol=0, atol=F64_SAME_OPS["atol"])
 
 
 def test_callback_sees_every_iteration_and_can_stop():
@@ -283,8 +284,8 @@ def test_max_batch_gives_the_same_result():
     kw = dict(steps=3, lr=1.0, guidance_scale=W)
     whole = optimize_noise(den, SCHED, noise, cond, **kw)
     chunked = optimize_noise(den, SCHED, noise, cond, max_batch=2, **kw)
-    torch.testing.assert_close(chunked.noise, whole.noise, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(chunked.history, whole.history, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(chunked.noise, whole.noise, **F64_SAME_OPS)
+    torch.testing.assert_close(chunked.history, whole.history, **F64_SAME_OPS)
 
 
 # ---------------------------------------------------------------- bad input

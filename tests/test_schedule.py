@@ -21,6 +21,12 @@ CONFIGS = {
 }
 
 
+# One float32 move computed two algebraically different ways (ref's affine form vs diffusers' x̂₀ route):
+# relative error ≲ κ · a few eps32 with κ = (|c_x|‖x‖ + |c_m|‖m‖)/‖x'‖ ≤ ~4 for these schedules, so
+# ONE_MOVE_REL = 16 eps32 ≈ 9.5e-7 (pure torch on both sides: no CPU-ISA dependence).
+ONE_MOVE_REL = 16 * 2.0**-24
+
+
 def _walk(sched_step, moves, sched, gen):
     """Step diffusers and ddim_move side by side on random latents/model outputs; max relative error."""
     x = torch.randn(2, 4, 8, 8, generator=gen)
@@ -47,7 +53,7 @@ def test_moves_match_diffusers_step_by_step(name, steps):
     ddim.set_timesteps(steps)
     assert sched.denoise_timesteps == tuple(ddim.timesteps.tolist())
     assert torch.equal(sched.alphas_cumprod.float(), ddim.alphas_cumprod)
-    assert _walk(ddim.step, sched.denoise_moves, sched, gen) <= 1e-6
+    assert _walk(ddim.step, sched.denoise_moves, sched, gen) <= ONE_MOVE_REL
 
     if cfg.get("timestep_spacing") == "linspace":
         with pytest.raises(ValueError):  # diffusers refuses to invert a linspace grid; noisefast extends it
@@ -57,7 +63,7 @@ def test_moves_match_diffusers_step_by_step(name, steps):
     inv = DDIMInverseScheduler.from_config(cfg)
     inv.set_timesteps(steps)
     assert sched.invert_timesteps == tuple(inv.timesteps.tolist())
-    assert _walk(inv.step, sched.invert_moves, sched, gen) <= 1e-6
+    assert _walk(inv.step, sched.invert_moves, sched, gen) <= ONE_MOVE_REL
 
 
 def test_sdxl_moves_read_like_diffusers():

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from _tolerance import magnitude_atol
 
 from noisefast.denoisers import GaussianMixtureDenoiser
 from noisefast.schedule import DDIMSchedule
@@ -26,7 +27,9 @@ def test_score_is_cosine_of_noise_and_its_transform(tiny_denoiser):
     back = transform(tiny_denoiser, sched, noise, cond, 4.0, 1.0)
     expected = torch.nn.functional.cosine_similarity(noise.flatten(1), back.flatten(1), dim=1)
     assert s.shape == (3,) and s.dtype == torch.float32
-    torch.testing.assert_close(s, expected, rtol=1e-5, atol=1e-6)
+    # max_batch=2 vs one batch of 3: the UNet's float32 GEMMs block differently. Magnitude model: a cosine
+    # (|s| ≤ 1) after 2+3 chained moves with guidance 4 (amplification 1+4)
+    torch.testing.assert_close(s, expected, rtol=0, atol=magnitude_atol(expected, steps=5, guidance=4.0))
 
 
 @pytest.mark.parametrize("w", [1.0, 3.0], ids=["no_cfg", "cfg"])
@@ -57,7 +60,10 @@ def test_select_noise_sorts_every_seed_by_stability():
     by_seed = dict(zip([5, 9, 2, 7, 30], direct.tolist()))
     assert sorted(sel.seeds) == [2, 5, 7, 9, 30] and sel.complete and sel.total == 5 and sel.as_dict()["requested"] == 5
     assert sel.scores.tolist() == sorted(sel.scores.tolist(), reverse=True)
-    assert sel.scores.tolist() == pytest.approx([by_seed[s] for s in sel.seeds], abs=1e-6)
+    # select_noise draws and scores in float32; `direct` is the float64 run: magnitude model, eps32, 3+3 moves,
+    # guidance 2
+    tol = magnitude_atol(direct, dtype=torch.float32, steps=6, guidance=2.0)
+    assert sel.scores.tolist() == pytest.approx([by_seed[s] for s in sel.seeds], abs=tol)
     assert sel.best_seed == max(by_seed, key=by_seed.get) and sel.worst_seed == min(by_seed, key=by_seed.get)
     assert torch.equal(sel.best_noise, noise_from_seeds([sel.best_seed], SHAPE, dtype=torch.float64))
     assert torch.equal(sel.worst_noise, noise_from_seeds([sel.worst_seed], SHAPE, dtype=torch.float64))

@@ -11,7 +11,7 @@ namespace {
 constexpr int64_t kChunk = 16384;  // elements per partial sum
 
 template <typename T>
-NF_CPU_CLONES void chunk_sums(const T* a, const T* b, int64_t lo, int64_t hi, double* out) {  // out: [3]
+NF_CPU_HOT void chunk_sums(const T* a, const T* b, int64_t lo, int64_t hi, double* out) {  // out: [3]
   double s_ab = 0, s_aa = 0, s_bb = 0;
 #pragma omp simd reduction(+ : s_ab, s_aa, s_bb)
   for (int64_t i = lo; i < hi; ++i) {
@@ -25,7 +25,7 @@ NF_CPU_CLONES void chunk_sums(const T* a, const T* b, int64_t lo, int64_t hi, do
 
 // ∂L/∂a, ∂L/∂b on [lo, hi) of one row.
 template <typename T>
-NF_CPU_CLONES void backward_range(const CosineGradCoefs<typename AccType<T>::type>& k, T* da, T* db, const T* a,
+NF_CPU_HOT void backward_range(const CosineGradCoefs<typename AccType<T>::type>& k, T* da, T* db, const T* a,
                                   const T* b, int64_t lo, int64_t hi) {
   using acc_t = typename AccType<T>::type;
 #pragma omp simd
@@ -52,7 +52,7 @@ void cosine_cpu(const CosineArgs& p, const Launch& launch) {
     using T = decltype(tag);
     using acc_t = typename AccType<T>::type;
     // 1. partial sums of every (row, chunk)
-    for_each_chunk(rc, launch, [&](int64_t b, int64_t lo, int64_t hi) {
+    for_each_chunk(rc, launch, [&](int64_t b, int64_t lo, int64_t hi) NF_CPU_HOT_LAMBDA {
       const Row<T> r{b * p.N};
       chunk_sums(r.in(p.a), r.in(p.b), lo, hi, partial + 3 * (b * rc.per_row + lo / rc.len));
     });
@@ -73,7 +73,7 @@ void cosine_backward_cpu(const CosineBackwardArgs& p, const Launch& launch) {
     using T = decltype(tag);
     using acc_t = typename AccType<T>::type;
     const acc_t* stats = static_cast<const acc_t*>(p.stats);
-    for_each_chunk(RowChunks(p.B, p.N, kChunk), launch, [&](int64_t b, int64_t lo, int64_t hi) {
+    for_each_chunk(RowChunks(p.B, p.N, kChunk), launch, [&](int64_t b, int64_t lo, int64_t hi) NF_CPU_HOT_LAMBDA {
       const auto k = CosineGradCoefs<acc_t>::make(to_acc(static_cast<const T*>(p.grad)[b]), stats[3 * b],
                                                   stats[3 * b + 1], stats[3 * b + 2]);
       const Row<T> r{b * p.N};

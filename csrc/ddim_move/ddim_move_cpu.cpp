@@ -22,7 +22,7 @@ struct Variant {
 
 // x'[i] for i in [lo, hi) of one row.
 template <typename T, bool kUncond, bool kClip, bool kV>
-NF_CPU_CLONES void move_range(const Coefs<T>& c, T* out, const T* x, const T* m_c, const T* m_u, int64_t lo,
+NF_CPU_HOT void move_range(const Coefs<T>& c, T* out, const T* x, const T* m_c, const T* m_u, int64_t lo,
                               int64_t hi) {
 #pragma omp simd
   for (int64_t i = lo; i < hi; ++i) {
@@ -32,7 +32,7 @@ NF_CPU_CLONES void move_range(const Coefs<T>& c, T* out, const T* x, const T* m_
 }
 
 template <typename T, bool kUncond, bool kClip, bool kV>
-NF_CPU_CLONES void backward_range(const Coefs<T>& c, T* dx, T* dm_c, T* dm_u, const T* g, const T* x, const T* m_c,
+NF_CPU_HOT void backward_range(const Coefs<T>& c, T* dx, T* dm_c, T* dm_u, const T* g, const T* x, const T* m_c,
                                   const T* m_u, int64_t lo, int64_t hi) {
   using acc_t = typename AccType<T>::type;
 #pragma omp simd
@@ -76,7 +76,7 @@ void for_each_move_chunk(const Args& p, bool uncond, const Launch& launch, F&& f
     const acc_t* w = static_cast<const acc_t*>(p.guidance);
     dispatch_flags(uncond, p.clip, p.v_prediction, [&](auto u, auto cl, auto v) {
       using Var = Variant<T, decltype(u)::value, decltype(cl)::value, decltype(v)::value>;
-      for_each_chunk(RowChunks(p.B, p.N, kChunk), launch, [&](int64_t b, int64_t lo, int64_t hi) {
+      for_each_chunk(RowChunks(p.B, p.N, kChunk), launch, [&](int64_t b, int64_t lo, int64_t hi) NF_CPU_HOT_LAMBDA {
         fn(Var{}, Coefs<T>::make(a[b], a_to[b], w[b], Var::kV, p.clip_range), Row<T>{b * p.N}, lo, hi);
       });
     });
@@ -86,7 +86,7 @@ void for_each_move_chunk(const Args& p, bool uncond, const Launch& launch, F&& f
 }  // namespace
 
 void ddim_move_cpu(const DdimMoveArgs& p, const Launch& launch) {
-  for_each_move_chunk(p, p.m_u != nullptr, launch, [&](auto var, const auto& c, auto r, int64_t lo, int64_t hi) {
+  for_each_move_chunk(p, p.m_u != nullptr, launch, [&](auto var, const auto& c, auto r, int64_t lo, int64_t hi) NF_CPU_HOT_LAMBDA {
     using V = decltype(var);
     move_range<typename V::T, V::kUncond, V::kClip, V::kV>(c, r.out(p.out), r.in(p.x), r.in(p.m_c), r.in(p.m_u),
                                                            lo, hi);
@@ -94,7 +94,7 @@ void ddim_move_cpu(const DdimMoveArgs& p, const Launch& launch) {
 }
 
 void ddim_move_backward_cpu(const DdimMoveBackwardArgs& p, const Launch& launch) {
-  for_each_move_chunk(p, p.dm_u != nullptr, launch, [&](auto var, const auto& c, auto r, int64_t lo, int64_t hi) {
+  for_each_move_chunk(p, p.dm_u != nullptr, launch, [&](auto var, const auto& c, auto r, int64_t lo, int64_t hi) NF_CPU_HOT_LAMBDA {
     using V = decltype(var);
     backward_range<typename V::T, V::kUncond, V::kClip, V::kV>(c, r.out(p.dx), r.out(p.dm_c), r.out(p.dm_u),
                                                                r.in(p.grad), r.in(p.x), r.in(p.m_c), r.in(p.m_u),

@@ -12,7 +12,7 @@ constexpr int64_t kChunk = 8192;  // elements per OpenMP task / partial sum
 
 // Steps 1-2 on [lo, hi) of one row; returns Σ x_new² (of the stored values) when kSumSq.
 template <typename T, bool kNesterov, bool kSumSq>
-NF_CPU_CLONES double update_range(T* x, const T* g, T* v, typename AccType<T>::type lr, typename AccType<T>::type mu,
+NF_CPU_HOT double update_range(T* x, const T* g, T* v, typename AccType<T>::type lr, typename AccType<T>::type mu,
                     int64_t lo, int64_t hi) {
   using acc_t = typename AccType<T>::type;
   double sum_sq = 0;
@@ -31,7 +31,7 @@ NF_CPU_CLONES double update_range(T* x, const T* g, T* v, typename AccType<T>::t
 }
 
 template <typename T>
-NF_CPU_CLONES void scale_range(T* x, typename AccType<T>::type scale, int64_t lo, int64_t hi) {
+NF_CPU_HOT void scale_range(T* x, typename AccType<T>::type scale, int64_t lo, int64_t hi) {
 #pragma omp simd
   for (int64_t i = lo; i < hi; ++i) x[i] = from_acc<T>(to_acc(x[i]) * scale);
 }
@@ -54,7 +54,7 @@ void momentum_step_cpu(const MomentumArgs& p, const Launch& launch) {
     const acc_t* lr = static_cast<const acc_t*>(p.lr);
     const acc_t mu = acc_t(p.momentum);
     // 1-2. v ← μ·v + g;  x ← x − lr·(v or g + μ·v)
-    for_each_chunk(rc, launch, [&](int64_t b, int64_t lo, int64_t hi) {
+    for_each_chunk(rc, launch, [&](int64_t b, int64_t lo, int64_t hi) NF_CPU_HOT_LAMBDA {
       const Row<T> r{b * p.N};
       T *x = r.out(p.x), *v = r.out(p.velocity);
       const T* g = r.in(p.grad);
@@ -69,7 +69,7 @@ void momentum_step_cpu(const MomentumArgs& p, const Launch& launch) {
     });
     if (!p.renorm) return;
     // 3. x ← x · ρ / max(‖x‖, ε)
-    for_each_chunk(rc, launch, [&](int64_t b, int64_t lo, int64_t hi) {
+    for_each_chunk(rc, launch, [&](int64_t b, int64_t lo, int64_t hi) NF_CPU_HOT_LAMBDA {
       double sum_sq = 0;
       for (int64_t c = 0; c < rc.per_row; ++c) sum_sq += partial[b * rc.per_row + c];
       const acc_t scale = acc_t(renorm_scale(double(static_cast<const acc_t*>(p.renorm)[b]), sum_sq));
