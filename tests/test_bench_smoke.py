@@ -66,17 +66,30 @@ def test_unet_calls_count_flops_and_skip_plainly():
     assert rows == [] and "budget" in skipped[0]["reason"]
 
 
-def test_unet_loop_baseline_agrees_with_noisefast():
-    """The GPU baseline (per-seed DDIMScheduler + DDIMInverseScheduler loop) scores what stability_score scores."""
+def test_unet_loop_baselines_agree_with_noisefast():
+    """The UNet-loop users (per seed and batched) score what stability_score scores."""
     from bench.compare_scoring import scoring_unet_loop
     from noisefast.testing import SDXL_SCHEDULER_CONFIG, tiny_unet
 
     for guidance, spacing in ((0.0, "trailing"), (5.0, "leading")):  # Turbo-style without CFG; SDXL with CFG
-        res = scoring_unet_loop(tiny_unet(), {**SDXL_SCHEDULER_CONFIG, "timestep_spacing": spacing}, seeds=2,
+        res = scoring_unet_loop(tiny_unet(), {**SDXL_SCHEDULER_CONFIG, "timestep_spacing": spacing}, seeds=3,
                                 pixels=64, steps=1, inversion_steps=1, guidance=guidance, inversion_guidance=1.0,
                                 batch=2, repeats=1)
-        assert res["max_abs_score_diff"] < 1e-4, res
-        assert res["ratio"] > 0 and set(res["seconds"]) == {"diffusers_user", "noisefast"}
+        assert res["max_abs_score_diff"] < 1e-4 and res["scores_agree"], res
+        assert set(res["seconds"]) == {"diffusers_user", "diffusers_batched", "noisefast"}
+        assert res["baselines"] == ["diffusers_user", "diffusers_batched"]
+        strongest = res["strongest_baseline"]
+        assert res["ratio"] == pytest.approx(res["ratio_vs"][strongest]) == pytest.approx(min(res["ratio_vs"].values()))
+
+
+def test_pipeline_users_batched_and_per_seed_agree(tiny_sdxl):
+    """One pipeline call with num_images_per_prompt=K and a generator per seed draws each seed's own noise."""
+    from bench.diffusers_users import pipeline_scores
+
+    kw = dict(steps=2, inversion_steps=2, guidance=5.0, inversion_guidance=1.0, height=64, width=64)
+    per_seed = pipeline_scores(tiny_sdxl, "a fox", [3, 1, 4], batch=1, **kw)
+    batched = pipeline_scores(tiny_sdxl, "a fox", [3, 1, 4], batch=2, **kw)
+    assert per_seed.shape == (3,) and (per_seed - batched).abs().max() < 1e-4
 
 
 def test_compare_cli_writes_json_and_markdown(tmp_path):
