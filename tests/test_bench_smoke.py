@@ -120,3 +120,21 @@ def test_compare_records_a_failing_part(tmp_path, monkeypatch):
     assert rc == 1
     assert json.loads((tmp_path / "o.json").read_text())["kernels"]["error"] == "RuntimeError: kernel part broke"
     assert "**failed**" in (tmp_path / "o.md").read_text()
+
+
+def test_gpu_scoring_records_skips_and_writes_as_it_goes(tmp_path):
+    """bench.gpu_scoring --dry-run flow with no time left: every row recorded as skipped, JSON and markdown written."""
+    from bench import gpu_scoring
+
+    res = gpu_scoring.run(dry=True, budget_s=0.0, repeats=1, json_path=str(tmp_path / "s.json"), md_path=str(tmp_path / "s.md"))
+    assert [(r["config"], r["batch"]) for r in res["rows"]] == [("turbo", 2), ("turbo", 4), ("turbo", 1), ("sdxl", 2),
+                                                                ("sdxl", 1), ("sdxl", 4)]
+    assert all("budget" in r["skipped"] for r in res["rows"]) and res["headline"] == {}
+    assert json.loads((tmp_path / "s.json").read_text())["settings"]["fast_path"]["cuda_graph"] is True
+    assert "skipped" in (tmp_path / "s.md").read_text()
+    rows = [{"config": "turbo", "batch": 8, "noises_per_second": {"diffusers_batched": 2.0, "noisefast": 3.0,
+                                                                  "noisefast_fast": 6.0}},
+            {"config": "turbo", "batch": 1, "noises_per_second": {"diffusers_user": 1.0, "noisefast": 1.5,
+                                                                  "noisefast_fast": 2.5}}]
+    h = gpu_scoring.headline(rows)["turbo"]
+    assert (h["noisefast"]["way"], h["strongest_baseline"]["way"], h["ratio"]) == ("noisefast_fast", "diffusers_batched", 3.0)
