@@ -65,8 +65,8 @@ def unavailable_reason(device, den=None) -> str | None:
 class GraphedScorer:
     """``scores = scorer(noise)``: `stability_score` ``batch`` candidates at a time, replaying one CUDA graph.
 
-    ``den``/``sched``/``cond``/guidance as `stability_score` (``cond`` batch 1, moved once to the device and
-    ``dtype``). ``shape``: per-sample latent (C, H, W). ``dtype``/``device`` of the noise: default the denoiser's.
+    ``den``/``sched``/``cond``/guidance as `stability_score` (``cond`` batch 1, or ``batch`` — a prompt per row,
+    as a row packer mixing prompts hands over — moved once to the device and ``dtype``). ``shape``: per-sample latent (C, H, W). ``dtype``/``device`` of the noise: default the denoiser's.
     ``warmup``: eager runs on a side stream before capture (allocator, cuDNN/cuBLAS autotuning, lazy init).
     ``pinned``: `score_seeds` draws through page-locked buffers (`noisefast.hostnoise.SeedNoise`).
     ``fallback``: without CUDA, run the chain eagerly on the static buffers instead of raising `GraphUnavailable`.
@@ -81,11 +81,11 @@ class GraphedScorer:
             raise TypeError(f"sched must be a noisefast DDIMSchedule, got {type(sched).__name__}")
         if not isinstance(cond, Condition):
             raise TypeError(f"cond must be a noisefast Condition, got {type(cond).__name__}")
-        if cond.batch_size != 1:
-            raise ValueError(f"GraphedScorer scores many candidates for one prompt: cond must have batch 1, got "
-                             f"{cond.batch_size}")
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be a positive int, got {batch!r}")
+        if cond.batch_size not in (1, batch):
+            raise ValueError(f"cond must have batch 1 (one prompt for every row) or {batch} (one per row), got "
+                             f"{cond.batch_size}")
         self.shape = check_latent_shape(shape)
         self.device = torch.device(device if device is not None else den.device)
         self.dtype = dtype if dtype is not None else den.dtype
@@ -129,9 +129,9 @@ class GraphedScorer:
         return None if self.graph is None else self.graph.pool()
 
     def set_condition(self, cond: Condition) -> None:
-        """Score for another prompt: copy ``cond`` (batch 1, same fields and shapes) into the static condition."""
-        if not isinstance(cond, Condition) or cond.batch_size != 1:
-            raise ValueError("set_condition needs a batch-1 noisefast Condition")
+        """Score for other prompts: copy ``cond`` (same fields and shapes as the captured one) into the static one."""
+        if not isinstance(cond, Condition):
+            raise TypeError(f"set_condition needs a noisefast Condition, got {type(cond).__name__}")
         for f in fields(Condition):
             old, new = getattr(self.cond, f.name), getattr(cond, f.name)
             if (old is None) != (new is None) or (old is not None and old.shape != new.shape):
@@ -147,7 +147,11 @@ class GraphedScorer:
             self.scores = self._chain()
         return self.scores[:n]
 
-    def __call__(self, noise: torch.Tensor) -> torch.Tensor:  # noise [K, C, H, W] → [K] float32 on self.device
+    def __call__(self, noise: torch.Tensor, cond: Condition | None = None) -> torch.Tensor:  # [K, C, H, W] → [K]
+        """Scores (float32, on the scorer's device) of ``noise``, ``batch`` rows per replay; ``cond``: `set_condition`
+        first (with a per-row condition, K must not exceed ``batch``)."""
+        if cond is not None:
+            self.set_condition(cond)
         if not isinstance(noise, torch.Tensor) or noise.ndim != 1 + len(self.shape) or tuple(noise.shape[1:]) != self.shape:
             got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
             raise ValueError(f"noise must be [K, {', '.join(map(str, self.shape))}] (the captured shape), got {got}")
