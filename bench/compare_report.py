@@ -146,6 +146,9 @@ def markdown(r: dict) -> str:
     render = {"kernels": lambda x: _kernels(x, cuda), "scoring": _scoring, "optimize": _optimize, "unet": _unet}
     for part in r["settings"]["parts"]:
         x = r.get(part, {})
+        if not x:  # a partial result (written after each part): this part had not finished
+            lines += ["", f"### {names[part]}", "", "not measured: the run ended before this part finished"]
+            continue
         body = f"**failed**: `{x['error']}`" if "error" in x else render[part](x)
         lines += ["", f"### {names[part]} ({x.get('wall_s', 0):.0f} s)", "", body]
     return "\n".join(lines) + "\n"
