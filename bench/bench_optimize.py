@@ -134,8 +134,13 @@ def recompute_bound(den, sched, noise, cond, *, guidance, repeats=3) -> dict:
             "bound": (f_ng + fb) / fb}
 
 
-def measure(den, noise, cond, steps_list, *, scheduler_config, guidance, warmup, iters, repeats, cuda_memory=False):
-    """Rows {steps, unet_calls, mode, s_per_iter, saved_bytes[, cuda_max_memory_allocated]} + ratios per N."""
+def measure(den, noise, cond, steps_list, *, scheduler_config, guidance, warmup, iters, repeats, cuda_memory=False,
+            extras=True):
+    """Rows {steps, unet_calls, mode, s_per_iter, saved_bytes[, cuda_max_memory_allocated]} + ratios per N.
+
+    ``extras=False`` skips the saved-bytes count and the recompute bound (two more iterations and nine more
+    chain runs per N: a GPU run with a time budget keeps time and ``torch.cuda.max_memory_allocated``); their
+    fields are then None."""
     from noisefast.schedule import DDIMSchedule
 
     rows, ratios = [], []
@@ -160,8 +165,8 @@ def measure(den, noise, cond, steps_list, *, scheduler_config, guidance, warmup,
                 "s_per_iter_all": times[mode],
                 "cpu_s_per_iter": statistics.median(cpu_times[mode]),  # process CPU time (all threads)
             }
-            row["saved_bytes"], row["peak_saved_bytes"] = saved_bytes(den, sched, noise, cond, checkpoint=ck,
-                                                                       guidance=guidance)
+            row["saved_bytes"], row["peak_saved_bytes"] = (saved_bytes(den, sched, noise, cond, checkpoint=ck,
+                                                                        guidance=guidance) if extras else (None, None))
             if cuda_memory:
                 row["cuda_max_memory_allocated"] = peak_cuda_bytes(den, sched, noise, cond, checkpoint=ck,
                                                                    guidance=guidance)
@@ -170,9 +175,9 @@ def measure(den, noise, cond, steps_list, *, scheduler_config, guidance, warmup,
         ck_row, plain_row = by_mode["checkpoint"], by_mode["plain"]
         time_ratio = ck_row["s_per_iter"] / plain_row["s_per_iter"]
         cpu_time_ratio = ck_row["cpu_s_per_iter"] / plain_row["cpu_s_per_iter"]
-        saved_ratio = ck_row["saved_bytes"] / plain_row["saved_bytes"]
+        saved_ratio = ck_row["saved_bytes"] / plain_row["saved_bytes"] if extras else None
         ratios.append({
-            **recompute_bound(den, sched, noise, cond, guidance=guidance),
+            **(recompute_bound(den, sched, noise, cond, guidance=guidance) if extras else {"bound": None}),
             "steps": n,
             "unet_calls": calls,
             "time_ratio": time_ratio,
@@ -180,7 +185,7 @@ def measure(den, noise, cond, steps_list, *, scheduler_config, guidance, warmup,
             "cpu_time_ratio": cpu_time_ratio,
             "saved_ratio": saved_ratio,
             "saved_target": 1 / calls,
-            "saved_target_met": saved_ratio <= 1 / calls,
+            "saved_target_met": saved_ratio <= 1 / calls if extras else None,
         })
     return rows, ratios
 

@@ -193,3 +193,53 @@ def write_text(path, text: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         f.write(text if text.endswith("\n") else text + "\n")
+
+
+# --- scoring comparisons ---------------------------------------------------------------------------------
+
+SCORE_ULPS_PER_CALL = 16  # error model of `score_tolerance`
+
+
+def score_tolerance(dtype: torch.dtype, unet_calls: int) -> float:
+    """How far two correct implementations' stability scores may differ: 16 units of ``dtype``'s rounding per UNet
+    call, added over the chain.
+
+    Error model: each UNet call returns its output with a relative error of a few ε of its storage dtype (other
+    batch sizes, kernels or summation orders round differently); a DDIM move is affine, so those errors reach the
+    returned latent scaled by O(1) coefficients and add up over the calls; a cosine moves by at most the relative
+    error of its argument. fp32: 1.9e-6 per call; fp16: 1.6e-2 per call (the loose end: differences there are
+    reported, and judged next to this bound, not asserted).
+    """
+    return SCORE_ULPS_PER_CALL * torch.finfo(dtype).eps * max(int(unet_calls), 1)
+
+
+def measure_ways(ways: Mapping[str, Callable[[], torch.Tensor]], *, seeds: int, repeats: int, device="cpu",
+                 reference: str = "noisefast", tolerance: float | None = None, warmup: int = 0) -> dict:
+    """noises/s of each way of scoring ``seeds`` seeds, and how their scores agree with ``reference``'s.
+
+    Each ``ways[name]()`` scores all seeds and returns their [seeds] scores. One untimed call of each first (the
+    warm-up, and the scores compared), then ``repeats`` round-robin timed calls of whole runs (CUDA events on a GPU,
+    `time_round_robin`). Names starting with ``"diffusers"`` are baselines; ``ratio`` is ``reference`` against the
+    strongest (fastest) of them, ``ratio_vs`` against each.
+    """
+    scores = {name: fn().double().cpu() for name, fn in ways.items()}
+    ms = time_round_robin(ways, repeats, device=device, warmup=warmup)
+    seconds = {name: summarize([t / 1e3 for t in ts]) for name, ts in ms.items()}
+    rate = {name: seeds / s["median"] for name, s in seconds.items()}
+    baselines = [name for name in ways if name.startswith("diffusers")]
+    strongest = max(baselines, key=rate.__getitem__)
+    diff = {name: float((s - scores[reference]).abs().max()) for name, s in scores.items() if name != reference}
+    out = {
+        "seconds": seconds,
+        "noises_per_second": rate,
+        "baselines": baselines,
+        "strongest_baseline": strongest,
+        "ratio": rate[reference] / rate[strongest],
+        "ratio_vs": {name: rate[reference] / rate[name] for name in baselines},
+        "score_diff_vs_" + reference: diff,
+        "max_abs_score_diff": max((diff[b] for b in baselines), default=0.0),
+    }
+    if tolerance is not None:
+        out["score_tolerance"] = tolerance
+        out["scores_agree"] = all(d <= tolerance for d in diff.values())
+    return out

@@ -17,7 +17,7 @@ def _med(s: dict) -> str:
 
 
 def _mib(b) -> str:
-    return f"{b / 2**20:.2f}"
+    return "–" if b is None else f"{b / 2**20:.2f}"
 
 
 def _met(m) -> str:
@@ -29,9 +29,12 @@ def headline(r: dict) -> str:
     sc = r.get("scoring", {})
     for run in sc.get("runs", []):
         st, rate = run["settings"], run["noises_per_second"]
-        rows.append([f"scoring, noises/s ({run['baseline'].split(':')[1].strip() if ':' in run['baseline'] else run['baseline']}; "
-                     f"{st['height']}², {st['steps']}+{st['inversion_steps']} steps, {st['seeds']} seeds)",
-                     f"{rate['diffusers_user']:.2f}", f"{rate['noisefast']:.2f}", f"**{run['ratio']:.2f}×**"])
+        where = f"{run['model'].split(',')[0].split('(')[0].strip()}; {st['height']}², {st['steps']}+{st['inversion_steps']} steps, {st['seeds']} seeds"
+        for base in _baselines(run):
+            strongest = base == run.get("strongest_baseline", base)
+            ratio = rate["noisefast"] / rate[base]
+            rows.append([f"scoring, noises/s vs {WAYS.get(base, base)} ({where})", f"{rate[base]:.2f}",
+                         f"{rate['noisefast']:.2f}", f"**{ratio:.2f}×**" if strongest else f"{ratio:.2f}×"])
     kr = r.get("kernels", {})
     if "rows" in kr:
         rows.append([f"fused kernels, speed-up (geomean of {len(kr['rows'])} op × shape × dtype)", "eager torch",
@@ -71,15 +74,35 @@ def _kernels(k: dict, cuda: bool) -> str:
     return md_table(head, rows, "lll" + "r" * (len(head) - 3)) + note
 
 
+WAYS = {"diffusers_user": "diffusers per seed", "diffusers_batched": "diffusers batched (strongest)",
+        "noisefast": "noisefast"}
+
+
+def _baselines(run: dict) -> list[str]:
+    """Baseline names of a scoring run (old results: the per-seed user only)."""
+    return run.get("baselines", ["diffusers_user"])
+
+
+def _seconds(run: dict, name: str) -> str:
+    s = run["seconds"][name]
+    return _med(s) if isinstance(s, dict) else f"{sorted(s)[len(s) // 2]:.3f}"
+
+
 def _scoring(s: dict) -> str:
     out = []
     for run in s["runs"]:
         st = run["settings"]
-        rows = [[name, _med(run["seconds"][name]), f"{run['noises_per_second'][name]:.2f}"] for name in ("diffusers_user", "noisefast")]
+        diff = run.get("score_diff_vs_noisefast", {})
+        rows = [[WAYS.get(name, name), _seconds(run, name), f"{run['noises_per_second'][name]:.2f}",
+                 "–" if name == "noisefast" else f"{run['noises_per_second']['noisefast'] / run['noises_per_second'][name]:.2f}×",
+                 f"{diff[name]:.1e}" if name in diff else "–"] for name in run["noises_per_second"]]
+        agree = (f"; scores agree within the error-model tolerance {run['score_tolerance']:.1e}: "
+                 f"{'yes' if run['scores_agree'] else '**no**'}" if "score_tolerance" in run else "")
         out.append(f"{run['model']}; baseline: {run['baseline']}; settings: "
                    + ", ".join(f"{k}={v}" for k, v in st.items()) + "\n\n"
-                   + md_table(["way", "s per run", "noises/s"], rows, "lrr")
-                   + f"\n\nratio **{run['ratio']:.2f}×**, max |Δscore| between the two: {run['max_abs_score_diff']:.1e}")
+                   + md_table(["way", "s per run", "noises/s", "noisefast ×", "max |Δscore| vs noisefast"], rows, "lrrrr")
+                   + f"\n\nratio vs the strongest baseline ({run.get('strongest_baseline', 'diffusers_user')}): "
+                   f"**{run['ratio']:.2f}×**, max |Δscore| of the baselines: {run['max_abs_score_diff']:.1e}{agree}")
     return "\n\n".join(out)
 
 
@@ -123,6 +146,9 @@ def markdown(r: dict) -> str:
     render = {"kernels": lambda x: _kernels(x, cuda), "scoring": _scoring, "optimize": _optimize, "unet": _unet}
     for part in r["settings"]["parts"]:
         x = r.get(part, {})
+        if not x:  # a partial result (written after each part): this part had not finished
+            lines += ["", f"### {names[part]}", "", "not measured: the run ended before this part finished"]
+            continue
         body = f"**failed**: `{x['error']}`" if "error" in x else render[part](x)
         lines += ["", f"### {names[part]} ({x.get('wall_s', 0):.0f} s)", "", body]
     return "\n".join(lines) + "\n"

@@ -1,6 +1,16 @@
 #!/usr/bin/env bash
-# One prepared check on a GPU machine without network access: carried wheels, build (sm_90), the CUDA tests,
-# the other tests (quick), then the comparison runner on CUDA. Everything lands in OUTDIR; a short table last.
+# One prepared check on a GPU machine without network access: carried wheels, build (sm_90), the CUDA tests (the
+# fused ops' edge cases, CUDA graphs, pinned noise), then the measurements, each part writing its JSON as it
+# finishes so that a time limit keeps what was measured:
+#   scoring   seeds/s at 512² 1+1 (Turbo-style, trailing, no CFG) and 1024² 4+4 (CFG 5.5), batch 1/8/32, fp16 SDXL
+#             UNet with random weights: noisefast plain and with the fast path (FastPathOptions.turbo(): channels_last,
+#             SDPA, fused QKV, CUDA graph of the whole chain, pinned seed noise) vs the per-seed and the batched
+#             diffusers user, same run (bench/gpu_scoring.py)
+#   compare   fused kernels' GB/s vs the same run's device copy; optimization s/iteration and
+#             torch.cuda.max_memory_allocated at 1, 4 and 10 steps (flat in steps?); UNet calls vs the matmul peak
+#             (python -m bench.compare --parts kernels,optimize,unet)
+# TensorRT and onnxruntime-gpu cannot be installed on the device machine: the script records that skip and spends no
+# device time on those backends.
 #
 #   bash bench/gpu_check.sh OUTDIR [--dry-run]
 #
@@ -10,16 +20,19 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl diffusers==0.42.1
 #
-# The lead's device call (one call, at most 7 min of script on an H100 including the build):
-#   run(command="bash bench/gpu_check.sh $OUT", carry=[".whl"], timeout_s=480)
+# The device call (one call, at most 8 min of script on an H100/H200 including the build; budget below):
+#   run(command="bash bench/gpu_check.sh $OUT", carry=[".whl"], timeout_s=540)
 #
 # --dry-run (any machine, no GPU needed): checks the script's flow: prints the install/build commands instead of
-# running them, runs the CUDA-marked tests (they skip without a GPU), the bench smoke test as "the rest", and the
-# runner with --device cpu --quick.
+# running them, runs the CUDA-marked tests (they skip without a GPU), the scoring matrix on the tiny UNet on the CPU
+# (bench.gpu_scoring --dry-run), the runner with --device cpu --quick, and the bench smoke test as "the rest".
 #
-# Files in OUTDIR (the device returns at most 8): summary.txt, build.log, tests_cuda.log, tests.log, compare.log,
-# compare.json, compare.md. Time budget: GPU_CHECK_BUDGET_S (default 420 s) for the whole script; each step gets
-# a timeout from what is left, the comparison's UNet part a budget from what is left after the other parts.
+# Files in OUTDIR (the device returns at most 8): summary.txt, build.log, tests.log (CUDA tests, then the rest),
+# bench.log (both measuring steps' output), scoring.json, scoring.md, compare.json, compare.md.
+# Time budget: GPU_CHECK_BUDGET_S (default 450 s) for the whole script; each step gets a timeout from what is left:
+#   build ≤ 200 s · CUDA tests ≤ 75 s · scoring matrix: rows started within (what is left − 150 s, 30…160 s) ·
+#   compare: what is left less 15 s (kernels ~20 s, optimization 1/4/10 steps ~60 s, UNet calls 20…120 s) ·
+#   the other tests only with ≥ 40 s left.
 set -uo pipefail
 
 OUTDIR=${1:?usage: bench/gpu_check.sh OUTDIR [--dry-run]}
@@ -29,13 +42,14 @@ cd "$(dirname "$0")/.."
 mkdir -p "$OUTDIR"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-BUDGET_S=${GPU_CHECK_BUDGET_S:-420}
+BUDGET_S=${GPU_CHECK_BUDGET_S:-450}
 T_END=$((SECONDS + BUDGET_S))
 SUMMARY="$OUTDIR/summary.txt"
 : >"$SUMMARY"
 
 say() { echo "$*" | tee -a "$SUMMARY"; }
 left() { echo $((T_END - SECONDS)); }
+clamp() { local v=$1 lo=$2 hi=$3; ((v < lo)) && v=$lo; ((v > hi)) && v=$hi; echo $v; }
 # step NAME LOG TIMEOUT_S CMD...: run with a timeout, log to LOG, record status and seconds in the summary
 step() {
   local name=$1 log=$2 limit=$3 t0=$SECONDS rc
@@ -44,7 +58,7 @@ step() {
     say "[$name] SKIPPED: ${limit}s of the ${BUDGET_S}s budget left"
     return 1
   fi
-  echo "\$ $*" >"$log"
+  echo "\$ $*" >>"$log"
   timeout --signal=INT --kill-after=15 "$limit" "$@" >>"$log" 2>&1
   rc=$?
   local status="ok"
@@ -66,6 +80,14 @@ elif compgen -G ".whl/*.whl" >/dev/null; then
     >>"$SUMMARY" 2>&1 && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   say "[wheels] installed: $(cd .whl && ls *.whl | tr '\n' ' ')"
 fi
+for mod in tensorrt onnxruntime; do
+  if [[ $mod == onnxruntime ]]; then
+    has=$($PY -c "import onnxruntime as o; print('CUDAExecutionProvider' in o.get_available_providers())" 2>/dev/null)
+  else
+    has=$($PY -c "import tensorrt; print(True)" 2>/dev/null)
+  fi
+  [[ $has == True ]] || say "[backends] $mod$([[ $mod == onnxruntime ]] && echo ' (CUDA provider)') not installable here: skipped, no device time spent"
+done
 if ! $PY -c "import diffusers" 2>>"$SUMMARY"; then
   say "[wheels] diffusers is not importable: carry .whl (see the header of this script)"
   exit 2
@@ -79,42 +101,61 @@ BUILD=(env CUDAARCHS=90 CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=90" NOISEFAST_CUD
 if ((DRY)); then
   say "[build] dry run: would run: ${BUILD[*]}"
 else
-  step build "$OUTDIR/build.log" $(($(left) < 300 ? $(left) : 300)) "${BUILD[@]}" || { tail -30 "$OUTDIR/build.log"; exit 3; }
+  step build "$OUTDIR/build.log" $(($(left) < 200 ? $(left) : 200)) "${BUILD[@]}" || { tail -30 "$OUTDIR/build.log"; exit 3; }
 fi
 say "$($PY -c 'import noisefast._ext, json; b = noisefast._ext.build_info(); print("build:", json.dumps({k: b.get(k) for k in ("cpu_extension", "cuda_extension", "cuda_archs", "cuda_usable", "cuda_unusable_reason")}))' 2>&1)"
 
-# 3. the CUDA-marked tests
+# 3. the CUDA-marked tests (ops on every dtype, tests/test_cuda_edges.py, CUDA graphs, pinned seed noise)
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider)
-step tests_cuda "$OUTDIR/tests_cuda.log" $(($(left) < 150 ? $(left) : 150)) "${PYTEST[@]}" -m cuda -rs
-say "    $(tail -1 "$OUTDIR/tests_cuda.log")"
+TESTS_LOG="$OUTDIR/tests.log"
+step tests_cuda "$TESTS_LOG" $(($(left) < 75 ? $(left) : 75)) "${PYTEST[@]}" -m cuda -rs
+say "    $(tail -1 "$TESTS_LOG")"
 
-# 4. the comparison runner. Parts 1-3 with the model build take ~1-2 min on an H100; part 4 (UNet calls) gets
-#    what is left after those and a minute for step 5; torch.compile (1024², batch 8) runs last, only if 120 s
-#    of that budget remain once the eager rows are done.
+# 4. the scoring matrix (bench/gpu_scoring.py): rows most telling first, each row written when it finishes
+BENCH_LOG="$OUTDIR/bench.log"
 if ((DRY)); then
-  CMP=(--device cpu --quick --threads 1)
+  SC=(--dry-run --budget-s 120)
 else
-  CMP=(--device cuda --compile --budget-s $(($(left) - 160 > 30 ? $(left) - 160 : 30)))
+  SC=(--budget-s "$(clamp $(($(left) - 150)) 30 160)")
 fi
-step compare "$OUTDIR/compare.log" $(($(left) - 10)) "$PY" -m bench.compare --json "$OUTDIR/compare.json" \
-  --md "$OUTDIR/compare.md" "${CMP[@]}"
+# the step's limit: the rows' budget + the model build + one row running over
+step scoring "$BENCH_LOG" "$(clamp $(($(left) - 110)) 10 200)" "$PY" -m bench.gpu_scoring \
+  --json "$OUTDIR/scoring.json" --md "$OUTDIR/scoring.md" "${SC[@]}"
+SC_RC=$?
+
+# 5. the comparison runner: kernels (GB/s vs copy), optimization at 1, 4, 10 steps (s/iteration, CUDA peak memory),
+#    UNet calls vs the matmul peak in what is left (no torch.compile: minutes of compilation do not fit)
+if ((DRY)); then
+  CMP=(--device cpu --quick --threads 1 --optimize-steps 1 2)
+else
+  CMP=(--device cuda --optimize-steps 1 4 10 --budget-s "$(clamp $(($(left) - 110)) 20 120)")
+fi
+step compare "$BENCH_LOG" $(($(left) - 15)) "$PY" -m bench.compare --json "$OUTDIR/compare.json" \
+  --md "$OUTDIR/compare.md" --parts kernels,optimize,unet "${CMP[@]}"
 CMP_RC=$?
 
-# 5. the other tests (not slow), in parallel where pytest-xdist is installed, in the time that is left
+# 6. the other tests (not slow), in parallel where pytest-xdist is installed, only if 40 s are left
 if ((DRY)); then
-  REST=(tests/test_bench_smoke.py)
+  REST=(tests/test_bench_smoke.py -k "summarize or round_robin or md_table")
 else
   REST=(-m "not cuda and not slow")
   $PY -c "import xdist" 2>/dev/null && REST+=(-n 8)
 fi
-step tests "$OUTDIR/tests.log" $(($(left) - 5 < 150 ? $(left) - 5 : 150)) "${PYTEST[@]}" "${REST[@]}"
-say "    $(tail -1 "$OUTDIR/tests.log")"
+if (($(left) >= 40)); then
+  step tests "$TESTS_LOG" $(($(left) - 5)) "${PYTEST[@]}" "${REST[@]}"
+  say "    $(tail -1 "$TESTS_LOG")"
+else
+  say "[tests] SKIPPED: $(left)s left of the ${BUDGET_S}s budget"
+fi
 
-# 6. the short table: the step lines, then the runner's headline and targets
+# 7. the short table: the step lines, then the headlines of both measurements
 echo
 cat "$SUMMARY"
-if [[ -f "$OUTDIR/compare.md" ]]; then
-  echo
-  sed -n '1,/^### /p' "$OUTDIR/compare.md" | sed '$d'
-fi
+for md in scoring compare; do
+  if [[ -f "$OUTDIR/$md.md" ]]; then
+    echo
+    sed -n '1,/^### \|^| config/p' "$OUTDIR/$md.md" | sed '$d'
+  fi
+done
+((SC_RC != 0)) && exit $SC_RC
 exit $CMP_RC

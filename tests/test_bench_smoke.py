@@ -66,17 +66,30 @@ def test_unet_calls_count_flops_and_skip_plainly():
     assert rows == [] and "budget" in skipped[0]["reason"]
 
 
-def test_unet_loop_baseline_agrees_with_noisefast():
-    """The GPU baseline (per-seed DDIMScheduler + DDIMInverseScheduler loop) scores what stability_score scores."""
+def test_unet_loop_baselines_agree_with_noisefast():
+    """The UNet-loop users (per seed and batched) score what stability_score scores."""
     from bench.compare_scoring import scoring_unet_loop
     from noisefast.testing import SDXL_SCHEDULER_CONFIG, tiny_unet
 
     for guidance, spacing in ((0.0, "trailing"), (5.0, "leading")):  # Turbo-style without CFG; SDXL with CFG
-        res = scoring_unet_loop(tiny_unet(), {**SDXL_SCHEDULER_CONFIG, "timestep_spacing": spacing}, seeds=2,
+        res = scoring_unet_loop(tiny_unet(), {**SDXL_SCHEDULER_CONFIG, "timestep_spacing": spacing}, seeds=3,
                                 pixels=64, steps=1, inversion_steps=1, guidance=guidance, inversion_guidance=1.0,
                                 batch=2, repeats=1)
-        assert res["max_abs_score_diff"] < 1e-4, res
-        assert res["ratio"] > 0 and set(res["seconds"]) == {"diffusers_user", "noisefast"}
+        assert res["max_abs_score_diff"] < 1e-4 and res["scores_agree"], res
+        assert set(res["seconds"]) == {"diffusers_user", "diffusers_batched", "noisefast"}
+        assert res["baselines"] == ["diffusers_user", "diffusers_batched"]
+        strongest = res["strongest_baseline"]
+        assert res["ratio"] == pytest.approx(res["ratio_vs"][strongest]) == pytest.approx(min(res["ratio_vs"].values()))
+
+
+def test_pipeline_users_batched_and_per_seed_agree(tiny_sdxl):
+    """One pipeline call with num_images_per_prompt=K and a generator per seed draws each seed's own noise."""
+    from bench.diffusers_users import pipeline_scores
+
+    kw = dict(steps=2, inversion_steps=2, guidance=5.0, inversion_guidance=1.0, height=64, width=64)
+    per_seed = pipeline_scores(tiny_sdxl, "a fox", [3, 1, 4], batch=1, **kw)
+    batched = pipeline_scores(tiny_sdxl, "a fox", [3, 1, 4], batch=2, **kw)
+    assert per_seed.shape == (3,) and (per_seed - batched).abs().max() < 1e-4
 
 
 def test_compare_cli_writes_json_and_markdown(tmp_path):
@@ -107,3 +120,21 @@ def test_compare_records_a_failing_part(tmp_path, monkeypatch):
     assert rc == 1
     assert json.loads((tmp_path / "o.json").read_text())["kernels"]["error"] == "RuntimeError: kernel part broke"
     assert "**failed**" in (tmp_path / "o.md").read_text()
+
+
+def test_gpu_scoring_records_skips_and_writes_as_it_goes(tmp_path):
+    """bench.gpu_scoring --dry-run flow with no time left: every row recorded as skipped, JSON and markdown written."""
+    from bench import gpu_scoring
+
+    res = gpu_scoring.run(dry=True, budget_s=0.0, repeats=1, json_path=str(tmp_path / "s.json"), md_path=str(tmp_path / "s.md"))
+    assert [(r["config"], r["batch"]) for r in res["rows"]] == [("turbo", 2), ("turbo", 4), ("turbo", 1), ("sdxl", 2),
+                                                                ("sdxl", 1), ("sdxl", 4)]
+    assert all("budget" in r["skipped"] for r in res["rows"]) and res["headline"] == {}
+    assert json.loads((tmp_path / "s.json").read_text())["settings"]["fast_path"]["cuda_graph"] is True
+    assert "skipped" in (tmp_path / "s.md").read_text()
+    rows = [{"config": "turbo", "batch": 8, "noises_per_second": {"diffusers_batched": 2.0, "noisefast": 3.0,
+                                                                  "noisefast_fast": 6.0}},
+            {"config": "turbo", "batch": 1, "noises_per_second": {"diffusers_user": 1.0, "noisefast": 1.5,
+                                                                  "noisefast_fast": 2.5}}]
+    h = gpu_scoring.headline(rows)["turbo"]
+    assert (h["noisefast"]["way"], h["strongest_baseline"]["way"], h["ratio"]) == ("noisefast_fast", "diffusers_batched", 3.0)
