@@ -8,8 +8,10 @@ from noisefast._ext import ExtensionFallbackWarning, build_info
 from noisefast.batching import RowScorer, ScoredRows, ScoreJob, score_stream
 from noisefast.defaults import ModelDefaults
 from noisefast.denoisers import Condition, Denoiser, GaussianMixtureDenoiser, GuidedDenoiser, UNetDenoiser, make_denoiser
+from noisefast.denoisers.fastpath import FastPathOptions, prepare_unet
 from noisefast.denoisers.onnx_export import export_unet_onnx
 from noisefast.engine_results import Generation, Optimization
+from noisefast.graphs import GraphedScorer, GraphUnavailable
 from noisefast.errors import BackendUnavailableError, InputError, LimitError, ModelError, NoisefastError, OutputError
 from noisefast.optimize import OptimizeResult, OptimizeState, SavedBytes, optimize_noise, stability_grad
 from noisefast.pipeline import Engine
@@ -28,8 +30,11 @@ __all__ = [
     "Denoiser",
     "Engine",
     "ExtensionFallbackWarning",
+    "FastPathOptions",
     "GaussianMixtureDenoiser",
     "Generation",
+    "GraphUnavailable",
+    "GraphedScorer",
     "GuidedDenoiser",
     "InputError",
     "LimitError",
@@ -56,6 +61,7 @@ __all__ = [
     "make_denoiser",
     "noise_from_seeds",
     "optimize_noise",
+    "prepare_unet",
     "ops",
     "ref",
     "select_many",

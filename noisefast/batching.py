@@ -21,7 +21,7 @@ sees only those sizes. `bucket_sizes` gives the default policy: powers of two up
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -85,14 +85,21 @@ class RowScorer:
         device,
         generator_device="cpu",
         buckets: Sequence[int] | None = None,
+        chain: Callable[[torch.Tensor, Condition], torch.Tensor] | None = None,
+        draw: Callable[[Sequence[int]], torch.Tensor] | None = None,
     ):
         self.den, self.sched, self.shape = den, sched, tuple(shape)
         self.guidance_scale, self.inversion_guidance_scale = guidance_scale, inversion_guidance_scale
         self.dtype, self.device, self.generator_device = dtype, torch.device(device), generator_device
         self.buckets = tuple(sorted(buckets)) if buckets else None
+        # chain(noise [B, *shape], cond batch B) → scores [B]: replaces the eager stability_score (a CUDA-graph
+        # replay, `noisefast.graphs`); draw(seeds) → noise: replaces noise_from_seeds (pinned buffers)
+        self.chain, self.draw = chain, draw
 
     def noise(self, seeds: Sequence[int]) -> torch.Tensor:  # [K, *shape]
         """What diffusers draws for each seed (see `noisefast.seeds`), on the scorer's device and dtype."""
+        if self.draw is not None:
+            return self.draw(seeds)
         return noise_from_seeds(seeds, self.shape, self.generator_device, dtype=self.dtype, device=self.device)
 
     def pack(self, rows: Sequence[Row]) -> tuple[torch.Tensor, Condition]:  # noise [B, *shape], cond batch B
@@ -112,6 +119,8 @@ class RowScorer:
             size = next((b for b in self.buckets if b >= n), n)
             rows += [rows[-1]] * (size - n)
         noise, cond = self.pack(rows)
+        if self.chain is not None:
+            return self.chain(noise, cond)[:n].float().cpu()
         with torch.inference_mode():
             scores = stability_score(self.den, self.sched, noise, cond, self.guidance_scale, self.inversion_guidance_scale)
         return scores[:n].float().cpu()

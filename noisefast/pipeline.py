@@ -34,7 +34,9 @@ from noisefast.batching import RowScorer, ScoredRows, ScoreJob, bucket_sizes, sc
 from noisefast.decode import decode_latents
 from noisefast.defaults import DEFAULT_BATCH_SIZE, DEFAULT_ITERATIONS, DEFAULT_MOMENTUM, ModelDefaults
 from noisefast.denoisers.base import Condition
+from noisefast.denoisers.fastpath import FastPathOptions
 from noisefast.denoisers.guidance import do_classifier_free_guidance
+from noisefast.engine_fastpath import GraphCache, make_engine_denoiser
 from noisefast.engine_results import Generation, Optimization
 from noisefast.errors import InputError
 from noisefast.loading import LoadedModel, load_model
@@ -55,15 +57,16 @@ class Engine:
     """One loaded model and its denoiser; methods run the paper's algorithms over prompts and seeds."""
 
     def __init__(self, model: LoadedModel, *, backend: str = "torch", batch_size: int | None = None,
-                 strict: bool = False):  # fmt: skip
+                 strict: bool = False, fast_path: FastPathOptions | None = None):  # fmt: skip
         from noisefast._ext import require_kernels
-        from noisefast.denoisers.backends import make_denoiser
 
         if strict:  # a service must not run 3–5× slower on the pure-torch fallback without knowing
             require_kernels(model.device)
         self.model = model
         self.backend = backend
-        self.den = make_denoiser(model.unet, backend)
+        self.fast_path = fast_path
+        self.den = make_engine_denoiser(model.unet, backend, fast_path)
+        self._graphs = GraphCache(self) if fast_path is not None and fast_path.cuda_graph else None
         self.defaults: ModelDefaults = model.defaults
         self.batch_size = None if batch_size is None else check_int("batch_size", batch_size)
         self._conditions: OrderedDict[tuple, Condition] = OrderedDict()
@@ -80,16 +83,19 @@ class Engine:
         family: str | None = None,
         batch_size: int | None = None,
         strict: bool = False,
+        fast_path: FastPathOptions | None = None,
     ) -> "Engine":
         """Load a hub id (local cache first), a local diffusers folder, or ``builtin:NAME``.
 
         ``device``: default CUDA when available, else CPU; ``dtype``: default fp16 on CUDA (fp32 for pixel
         models), fp32 on CPU; ``variant``: diffusers weight variant (e.g. ``"fp16"``); ``family``: force
         ``"sdxl"`` or ``"sdxl-turbo"`` defaults instead of detecting them; ``strict``: refuse to run when the
-        fused kernels cannot (instead of falling back to the pure-torch reference with a warning).
+        fused kernels cannot (instead of falling back to the pure-torch reference with a warning); ``fast_path``:
+        the GPU fast path (`noisefast.denoisers.fastpath.FastPathOptions`: channels_last, attention kernel, fused
+        QKV, CUDA-graph replay of the whole scoring chain, pinned seed buffers).
         """
         return cls(load_model(model, device=device, dtype=dtype, variant=variant, family=family),
-                   backend=backend, batch_size=batch_size, strict=strict)  # fmt: skip
+                   backend=backend, batch_size=batch_size, strict=strict, fast_path=fast_path)  # fmt: skip
 
     # --- settings, shapes, conditions ---------------------------------------------------------------------
     @property
@@ -223,10 +229,18 @@ class Engine:
     def scorer(self, s: Settings) -> RowScorer:
         """The row scorer for settings ``s`` (`noisefast.batching`): what select, screen and serve pack rows into."""
         rows = self.batch_size_for(s)
+        buckets = bucket_sizes(rows) if self.backend in SHAPE_SPECIALISED_BACKENDS else None
+        chain = draw = None
+        if self._graphs is not None and (chain := self._graphs.chain(s, rows)) is not None:
+            buckets = (rows,)  # a captured graph has one batch size: every batch is padded to it
+        if self.fast_path is not None and self.fast_path.pinned and self.device.type == "cuda":
+            from noisefast.hostnoise import SeedNoise
+
+            draw = SeedNoise(self.latent_shape(s), rows, self.dtype, self.device)
         return RowScorer(
             self.den, self.schedule(s), shape=self.latent_shape(s), guidance_scale=s.guidance_scale,
             inversion_guidance_scale=s.inversion_guidance_scale, dtype=self.dtype, device=self.device,
-            buckets=bucket_sizes(rows) if self.backend in SHAPE_SPECIALISED_BACKENDS else None,
+            buckets=buckets, chain=chain, draw=draw,
         )  # fmt: skip
 
     # --- Definition 1, Algorithm 1 -----------------------------------------------------------------------

@@ -86,3 +86,20 @@ def test_denoiser_protocol_and_layout():
     out = den(torch.randn(2, 4, 16, 16), torch.tensor([999, 999]), tiny_condition())
     assert out.shape == (2, 4, 16, 16) and out.is_contiguous()
     assert "FastPathDenoiser" in repr(den)
+
+
+def test_engine_fast_path_scores_like_the_plain_engine_and_says_when_graphs_are_off():
+    """Engine(fast_path=...) on the CPU: channels_last + SDPA prepared UNet, CUDA graphs refused with one warning."""
+    from noisefast.denoisers.fastpath import FastPathOptions
+    from noisefast.pipeline import Engine
+
+    plain = Engine.from_pretrained("builtin:digits", device="cpu")
+    fast = Engine.from_pretrained("builtin:digits", device="cpu",
+                                  fast_path=FastPathOptions(channels_last=True, attention="sdpa", cuda_graph=True))  # fmt: skip
+    kw = dict(steps=2, inversion_steps=2)
+    with pytest.warns(UserWarning, match="CUDA-graph scoring is off"):
+        got = fast.score("a handwritten digit three", range(4), **kw)
+    want = plain.score("a handwritten digit three", range(4), **kw)
+    # same ops in another memory format: rounding only, ≤ 4 moves × (1 + |w|) × √D × ε₃₂ (error model)
+    tol = 4 * (1 + 2.0) * (8 * 8) ** 0.5 * torch.finfo(torch.float32).eps
+    torch.testing.assert_close(got, want, atol=tol, rtol=0)

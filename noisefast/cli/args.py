@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from noisefast.defaults import DEFAULT_ITERATIONS, DEFAULT_MOMENTUM
 from noisefast.denoisers.backends import BACKENDS
+from noisefast.denoisers.fastpath import ATTENTION
 from noisefast.errors import InputError
 from noisefast.seeds import SEED_LIMIT
 from noisefast.settings import MAX_GUIDANCE
@@ -131,6 +132,25 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="force SDXL or SDXL-Turbo defaults (default: detected from the scheduler and name)")  # fmt: skip
     g.add_argument("--strict", action="store_true",
                    help="refuse to run without the fused kernels (instead of the slower pure-torch fallback)")
+    f = p.add_argument_group("GPU fast path (noisefast.denoisers.fastpath)")
+    f.add_argument("--fast", action="store_true", help="all of the below, fp16 (what bench/gpu_check.sh measures)")
+    f.add_argument("--channels-last", action="store_true", help="UNet in channels_last memory format")
+    f.add_argument("--attention", choices=ATTENTION, default="default", help="attention kernel (default: diffusers')")
+    f.add_argument("--fuse-qkv", action="store_true", help="one QKV matmul per attention")
+    f.add_argument("--cuda-graph", action="store_true",
+                   help="capture the denoise→invert→cosine chain per batch size and replay it (CUDA)")
+    f.add_argument("--pinned", action="store_true", help="draw seed noise into pinned host buffers, copy non_blocking")
+
+
+def fast_path_options(args: argparse.Namespace):
+    """`FastPathOptions` from the fast-path flags, or None for the plain path."""
+    from noisefast.denoisers.fastpath import FastPathOptions
+
+    if args.fast:
+        return FastPathOptions.turbo()
+    opts = FastPathOptions(channels_last=args.channels_last, attention=args.attention, fuse_qkv=args.fuse_qkv,
+                           cuda_graph=args.cuda_graph, pinned=args.pinned)  # fmt: skip
+    return None if opts == FastPathOptions() else opts
 
 
 def add_prompt_arguments(p: argparse.ArgumentParser) -> None:

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from noisefast.atomic import dumps_json
-from noisefast.cli.args import read_prompts, settings_overrides
+from noisefast.cli.args import fast_path_options, read_prompts, settings_overrides
 from noisefast.errors import OutputError
 from noisefast.progress import ProgressBar, stderr_is_terminal
 
@@ -49,7 +49,7 @@ class Run:
         self.out = prepare_out_dir(args.out)  # before the (slow) model load: a bad path fails at once
         self.engine = Engine.from_pretrained(
             args.model, device=args.device, dtype=args.dtype, backend=args.backend, variant=args.variant,
-            family=args.family, strict=args.strict,
+            family=args.family, strict=args.strict, fast_path=fast_path_options(args),
         )  # fmt: skip
         load_s = time.perf_counter() - self.t0
         self.threads = _set_threads(args.threads, self.engine)

@@ -1,0 +1,61 @@
+"""How the Engine builds its denoiser and, with ``FastPathOptions(cuda_graph=True)``, its graphed scoring chains.
+
+A CUDA graph is captured per (settings group, batch size) on first use — the condition rows are copied into
+its static buffers before each replay (`noisefast.graphs.GraphedScorer.set_condition`), so one capture
+serves every prompt. Where graphs cannot run (no CUDA, a denoiser that cannot be captured) the Engine warns
+once and scores eagerly.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from noisefast.denoisers.fastpath import FastPathOptions
+
+
+def make_engine_denoiser(unet, backend: str, fast_path: FastPathOptions | None):
+    """The Engine's `Denoiser`: ``backend`` over the UNet, prepared by the fast path's options first."""
+    from noisefast.denoisers.backends import make_denoiser
+
+    if fast_path is None:
+        return make_denoiser(unet, backend)
+    from noisefast.denoisers.fastpath import fast_denoiser, prepare_unet
+
+    if backend == "torch":
+        return fast_denoiser(unet, fast_path)
+    return make_denoiser(prepare_unet(unet, fast_path), backend)
+
+
+class GraphCache:
+    """One `GraphedScorer` per (settings group, rows), captured lazily; ``chain(s, rows)`` is what a
+    `noisefast.batching.RowScorer` calls instead of the eager chain (None where graphs cannot run)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.scorers: dict[tuple, object] = {}
+        self.unavailable: str | None = None
+
+    def chain(self, s, rows: int):
+        from noisefast.graphs import unavailable_reason
+
+        if self.unavailable is None:
+            self.unavailable = unavailable_reason(self.engine.device, self.engine.den) or ""
+            if self.unavailable:
+                warnings.warn(f"noisefast: CUDA-graph scoring is off ({self.unavailable}); scoring eagerly", stacklevel=3)
+        if self.unavailable:
+            return None
+        key = (s.group(), rows)
+
+        def run(noise, cond):
+            from noisefast.graphs import GraphedScorer
+
+            scorer = self.scorers.get(key)
+            if scorer is None:
+                e = self.engine
+                scorer = GraphedScorer(e.den, e.schedule(s), cond, rows, e.latent_shape(s), s.guidance_scale,
+                                       s.inversion_guidance_scale, dtype=e.dtype, device=e.device,
+                                       pinned=bool(e.fast_path.pinned))  # fmt: skip
+                self.scorers[key] = scorer
+            return scorer(noise, cond)
+
+        return run
