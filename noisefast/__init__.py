@@ -6,6 +6,7 @@ Layers (data flows one way): cli/serve/screen → pipeline → stability/optimiz
 from noisefast import ops, ref
 from noisefast._ext import ExtensionFallbackWarning, build_info
 from noisefast.denoisers import BackendUnavailableError, Condition, Denoiser, GaussianMixtureDenoiser, GuidedDenoiser, UNetDenoiser, make_denoiser
+from noisefast.denoisers.guidance import Guidance, describe_inversion_guidance, needs_negative
 from noisefast.denoisers.onnx_export import export_unet_onnx
 from noisefast.loading import ModelDefaults, NoisefastError
 from noisefast.optimize import OptimizeResult, OptimizeState, SavedBytes, optimize_noise, stability_grad
@@ -25,6 +26,7 @@ __all__ = [
     "ExtensionFallbackWarning",
     "GaussianMixtureDenoiser",
     "Generation",
+    "Guidance",
     "GuidedDenoiser",
     "ModelDefaults",
     "Move",
@@ -39,9 +41,11 @@ __all__ = [
     "UNetDenoiser",
     "build_info",
     "denoise",
+    "describe_inversion_guidance",
     "export_unet_onnx",
     "invert",
     "make_denoiser",
+    "needs_negative",
     "noise_from_seeds",
     "optimize_noise",
     "ops",
