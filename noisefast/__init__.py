@@ -9,6 +9,7 @@ from noisefast.batching import RowScorer, ScoredRows, ScoreJob, score_stream
 from noisefast.defaults import ModelDefaults
 from noisefast.denoisers import Condition, Denoiser, GaussianMixtureDenoiser, GuidedDenoiser, UNetDenoiser, make_denoiser
 from noisefast.denoisers.fastpath import FastPathOptions, prepare_unet
+from noisefast.denoisers.guidance import Guidance, describe_inversion_guidance, needs_negative
 from noisefast.denoisers.onnx_export import export_unet_onnx
 from noisefast.engine_results import Generation, Optimization
 from noisefast.graphs import GraphedScorer, GraphUnavailable
@@ -35,6 +36,7 @@ __all__ = [
     "Generation",
     "GraphUnavailable",
     "GraphedScorer",
+    "Guidance",
     "GuidedDenoiser",
     "InputError",
     "LimitError",
@@ -56,9 +58,11 @@ __all__ = [
     "UNetDenoiser",
     "build_info",
     "denoise",
+    "describe_inversion_guidance",
     "export_unet_onnx",
     "invert",
     "make_denoiser",
+    "needs_negative",
     "noise_from_seeds",
     "optimize_noise",
     "prepare_unet",

@@ -65,10 +65,13 @@ def _check_tensors(op: str, min_ndim: int, **tensors: Tensor | None) -> Tensor:
 
 
 class _Range:
-    """A condition on coefficient values, for Python numbers and tensors alike (NaN always fails)."""
+    """A condition on coefficient values, for Python numbers and tensors alike (NaN always fails).
 
-    def __init__(self, text: str, lo: float, hi: float, lo_open: bool):
-        self.text, self.lo, self.hi, self.lo_open = text, lo, hi, lo_open
+    ``why`` (optional) is appended to the error message: the reason for the bound.
+    """
+
+    def __init__(self, text: str, lo: float, hi: float, lo_open: bool, why: str = ""):
+        self.text, self.lo, self.hi, self.lo_open, self.why = text, lo, hi, lo_open, why
 
     def scalar_ok(self, v: float) -> bool:
         return (v > self.lo if self.lo_open else v >= self.lo) and v <= self.hi and math.isfinite(v)
@@ -77,9 +80,17 @@ class _Range:
         return ((t > self.lo) if self.lo_open else (t >= self.lo)) & (t <= self.hi) & t.isfinite()
 
 
-_UNIT = _Range("in (0, 1]", 0.0, 1.0, lo_open=True)
+_UNIT = _Range("in [0, 1]", 0.0, 1.0, lo_open=False)  # ᾱ = 0: the zero-terminal-SNR end of the schedule
+# epsilon prediction without clipping: x̂₀ = (x − √(1−a)·m)/√a is a division by √a, so a = ᾱ_from must be > 0
+# (diffusers returns ±inf there). With clipping the clamp bounds x̂₀ to ±r and the move stays defined.
+_UNIT_EPS_FROM = _Range("in (0, 1]", 0.0, 1.0, lo_open=True,
+                        why="epsilon prediction without clipping divides by √ᾱ_from: x̂₀ = (x − √(1−ᾱ)·m)/√ᾱ")
 _FINITE = _Range("finite", -math.inf, math.inf, lo_open=False)
 _POSITIVE = _Range("finite and > 0", 0.0, math.inf, lo_open=True)
+
+
+def _why(allowed: _Range) -> str:
+    return f" ({allowed.why})" if allowed.why else ""
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -98,11 +109,11 @@ def _coef(op: str, name: str, value, x: Tensor, allowed: _Range) -> Tensor:
         t = value.detach().to(device=x.device, dtype=acc)
         bad = ~allowed.tensor_ok(t)
         if bool(bad.any()):
-            raise ValueError(f"{op}: {name} must be {allowed.text}; got {t[bad].flatten()[:4].tolist()}")
+            raise ValueError(f"{op}: {name} must be {allowed.text}; got {t[bad].flatten()[:4].tolist()}{_why(allowed)}")
         return t.expand(B).contiguous()
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if not allowed.scalar_ok(float(value)):
-            raise ValueError(f"{op}: {name} must be {allowed.text}; got {value!r}")
+            raise ValueError(f"{op}: {name} must be {allowed.text}; got {value!r}{_why(allowed)}")
         if x.device.type == "cpu" and not torch.compiler.is_compiling():
             return _cpu_constant(float(value), B, acc)
         return torch.full((B,), float(value), dtype=acc, device=x.device)
@@ -247,15 +258,21 @@ _ddim_move_op.register_autograd(_ddim_move_backward, setup_context=_ddim_move_se
 def ddim_move(
     x: Tensor,  # [B, ...] latent at cumulative alpha `alpha_from`
     model_out: Tensor,  # [B, ...] conditional model output m_c
-    alpha_from,  # float or [B]: a = ᾱ_from, in (0, 1]
-    alpha_to,  # float or [B]: a' = ᾱ_to, in (0, 1]
+    alpha_from,  # float or [B]: a = ᾱ_from, in [0, 1] ((0, 1] for epsilon prediction without clipping)
+    alpha_to,  # float or [B]: a' = ᾱ_to, in [0, 1]
     *,
     model_out_uncond: Tensor | None = None,  # [B, ...] unconditional model output m_u
     guidance_scale=1.0,  # float or [B]: w (finite)
     prediction_type: str = "epsilon",
     clip_sample_range: float | None = None,
 ) -> Tensor:  # [B, ...] latent at cumulative alpha `alpha_to`
-    """One guided DDIM move (η = 0) from ᾱ_from to ᾱ_to in one fused pass; see ``noisefast.ref.ddim_move``."""
+    """One guided DDIM move (η = 0) from ᾱ_from to ᾱ_to in one fused pass; see ``noisefast.ref.ddim_move``.
+
+    ᾱ = 0 (the last timestep of a zero-terminal-SNR schedule, ``rescale_betas_zero_snr=True``) is accepted
+    wherever the move is defined: v prediction (x̂₀ = −m, ε̂ = x at ᾱ_from = 0), any ᾱ_to = 0 (x' = ε̂),
+    and epsilon prediction from ᾱ_from = 0 with clipping (x̂₀ = ±r by the sign of x − m, as diffusers'
+    clamp of ±inf; the gradient through the clamped x̂₀ is 0).
+    """
     op = "ddim_move"
     _check_tensors(op, 1, x=x, model_out=model_out, model_out_uncond=model_out_uncond)
     if prediction_type not in ref.PREDICTION_TYPES:
@@ -266,7 +283,8 @@ def ddim_move(
         if not _POSITIVE.scalar_ok(float(clip_sample_range)):
             raise ValueError(f"{op}: clip_sample_range must be {_POSITIVE.text}; got {clip_sample_range!r}")
         clip_sample_range = float(clip_sample_range)
-    a_from = _coef(op, "alpha_from", alpha_from, x, _UNIT)
+    divides = prediction_type == "epsilon" and clip_sample_range is None  # x̂₀ = (x − √(1−a)·m)/√a, unclamped
+    a_from = _coef(op, "alpha_from", alpha_from, x, _UNIT_EPS_FROM if divides else _UNIT)
     a_to = _coef(op, "alpha_to", alpha_to, x, _UNIT)
     w = _coef(op, "guidance_scale", guidance_scale, x, _FINITE)
     if _kernels(x) is None:

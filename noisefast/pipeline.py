@@ -35,7 +35,7 @@ from noisefast.decode import decode_latents
 from noisefast.defaults import DEFAULT_BATCH_SIZE, DEFAULT_ITERATIONS, DEFAULT_MOMENTUM, ModelDefaults
 from noisefast.denoisers.base import Condition
 from noisefast.denoisers.fastpath import FastPathOptions
-from noisefast.denoisers.guidance import do_classifier_free_guidance
+from noisefast.denoisers.guidance import needs_negative
 from noisefast.engine_fastpath import GraphCache, make_engine_denoiser
 from noisefast.engine_results import Generation, Optimization
 from noisefast.errors import InputError
@@ -167,7 +167,7 @@ class Engine:
 
     def condition(self, prompt: str, negative_prompt: str | None = None, settings: Settings | None = None) -> Condition:
         """The condition (batch 1) for ``prompt``, encoded once and cached; the unconditional half is encoded
-        only when some guidance scale of ``settings`` runs classifier-free guidance."""
+        only when some step of ``settings`` runs it (`needs_negative`)."""
         s = settings or self.settings()
         if not isinstance(prompt, str):
             raise InputError(f"prompt must be a string, got {type(prompt).__name__}")
@@ -193,8 +193,9 @@ class Engine:
 
     @staticmethod
     def _with_negative(s: Settings) -> bool:
-        """Whether the unconditional half is needed: some guidance scale of ``s`` runs classifier-free guidance."""
-        return do_classifier_free_guidance(s.guidance_scale) or do_classifier_free_guidance(s.inversion_guidance_scale)
+        """Whether some step runs the unconditional half: denoising with CFG (w > 1), or an inversion mix other
+        than the conditional one (w_i ≠ 1; `noisefast.denoisers.guidance.needs_negative`)."""
+        return needs_negative(s.guidance_scale, s.inversion_guidance_scale)
 
     def _cond(self, prompt, negative_prompt, condition, s: Settings) -> Condition:
         if condition is not None:

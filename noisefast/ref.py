@@ -35,6 +35,9 @@ def ddim_move(
 ) -> torch.Tensor:  # [B, C, H, W] latent at cumulative alpha `alpha_to`
     """One guided DDIM move (η = 0) from ᾱ_from to ᾱ_to; denoising and inversion alike.
 
+    ᾱ = 0 (zero terminal SNR) gives diffusers' numbers: finite for v prediction and for moves to ᾱ_to = 0;
+    epsilon prediction from ᾱ_from = 0 gives ±inf unless clipped (then x̂₀ = ±r, with zero gradient).
+
     1. guidance:       m  = m_u + w·(m_c − m_u)              (m = m_c without m_u)
     2. predictions:    epsilon:  x̂₀ = (x − √(1−a)·m)/√a,   ε̂ = m
                        v:        x̂₀ = √a·x − √(1−a)·m,      ε̂ = √a·m + √(1−a)·x
@@ -53,7 +56,12 @@ def ddim_move(
         m = model_out_uncond + w * (model_out - model_out_uncond)
     # 2. predicted clean sample and noise
     if prediction_type == "epsilon":
-        x0_hat = (x - (1 - a).sqrt() * m) / a.sqrt()
+        x0_hat = (x - (1 - a).sqrt() * m) / a.sqrt()  # a = 0: ±inf (NaN where x = m), as diffusers' (x − m)/0
+        if clip_sample_range is not None:
+            # a = 0 with clipping (zero terminal SNR): the clamp below makes x̂₀ = ±r, constant in (x, m). Its
+            # gradient is 0; the detached value keeps autograd's 0/√0 = NaN out of it (same values elsewhere).
+            zero = a == 0
+            x0_hat = torch.where(zero, x0_hat.detach(), (x - (1 - a).sqrt() * m) / torch.where(zero, 1, a).sqrt())
         eps_hat = m
     else:
         x0_hat = a.sqrt() * x - (1 - a).sqrt() * m

@@ -21,6 +21,11 @@ between. With ``T = num_train_timesteps``, ``n`` the number of steps and ``ᾱ``
    (``initial_alpha_cumprod = 1`` when ``set_alpha_to_one`` else ᾱ[0].)
    ``DDIMInverseScheduler`` refuses "linspace" spacing; here it inverts the reversed linspace grid with the
    same rule — an extension with no diffusers counterpart to compare against.
+
+Zero terminal SNR (``rescale_betas_zero_snr=True``, Lin et al. 2023) makes ᾱ_{T−1} = 0: with "trailing"
+spacing denoising starts and inversion ends there. Every such move is stepped as diffusers does, except
+the one diffusers cannot: epsilon prediction from ᾱ = 0 (x̂₀ = (x − ε)/0 → inf/NaN),
+which ``from_config`` refuses (see `_check_zero_alpha`); ``num_steps=0`` builds an inversion-only schedule.
 """
 
 from __future__ import annotations
@@ -97,10 +102,17 @@ class DDIMSchedule:
         """Moves of ``DDIMScheduler``/``DDIMInverseScheduler.from_config(config)`` with ``set_timesteps``.
 
         ``num_inversion_steps`` defaults to ``num_steps``; ``overrides`` replace config keys (e.g.
-        ``timestep_spacing="trailing"``, ``clip_sample=False``).
+        ``timestep_spacing="trailing"``, ``clip_sample=False``). ``num_steps=0`` (with ``num_inversion_steps``)
+        builds an inversion-only schedule: `invert` runs, `denoise`/`stability_score` refuse it. That is the
+        way to invert with an epsilon-prediction zero-terminal-SNR config, whose first denoising step (from
+        ᾱ = 0) is undefined and refused.
         """
         cfg = resolve_config(config, overrides)
-        n = _check_steps(num_steps, "num_steps", cfg)
+        inversion_only = isinstance(num_steps, (int, np.integer)) and not isinstance(num_steps, bool) and num_steps == 0
+        if inversion_only and num_inversion_steps is None:
+            raise ValueError(f"num_steps must be in [1, num_train_timesteps={cfg['num_train_timesteps']}], got 0 "
+                             f"(0 only with num_inversion_steps, for an inversion-only schedule)")
+        n = 0 if inversion_only else _check_steps(num_steps, "num_steps", cfg)
         n_inv = n if num_inversion_steps is None else _check_steps(num_inversion_steps, "num_inversion_steps", cfg)
         ac32 = alphas_cumprod(cfg)  # [T] float32, bit-identical to diffusers
         ac = ac32.tolist()
@@ -109,7 +121,7 @@ class DDIMSchedule:
 
         # 1. denoising moves, as DDIMScheduler.step
         denoise = []
-        for t in _timesteps(cfg, n, ascending=False):
+        for t in _timesteps(cfg, n, ascending=False) if n else ():
             t_prev = t - T // n
             denoise.append(Move(t, ac[t], ac[t_prev] if t_prev >= 0 else edge))
         # 2. inversion moves, as DDIMInverseScheduler.step
@@ -117,6 +129,7 @@ class DDIMSchedule:
         for t in _timesteps(cfg, n_inv, ascending=True):
             t_src = min(t - T // n_inv, T - 1)
             invert.append(Move(t, ac[t_src] if t_src >= 0 else edge, ac[t]))
+        _check_zero_alpha(cfg, denoise, invert)
         return cls(
             alphas_cumprod=ac32.to(torch.float64),
             denoise_moves=tuple(denoise),
@@ -132,6 +145,31 @@ class DDIMSchedule:
             f"spacing={self.config['timestep_spacing']!r}, prediction_type={self.prediction_type!r}, "
             f"clip_sample_range={self.clip_sample_range}, denoise_timesteps={list(self.denoise_timesteps)})"
         )
+
+
+def _check_zero_alpha(cfg: Mapping, denoise: list[Move], invert: list[Move]) -> None:
+    """Refuse the ᾱ = 0 moves that are not defined: epsilon prediction from ᾱ_from = 0.
+
+    Zero terminal SNR (``rescale_betas_zero_snr=True``) makes ᾱ_{T−1} = 0; "trailing" (and "linspace")
+    spacing starts denoising there. v prediction steps from it (x̂₀ = √ᾱ·x − √(1−ᾱ)·v = −v, ε̂ = x) and
+    every inversion ends on it (x' = √ᾱ'·x̂₀ + √(1−ᾱ')·ε̂ = ε̂): diffusers gives finite numbers for these.
+    Epsilon prediction from ᾱ = 0 computes x̂₀ = (x − √(1−ᾱ)·ε)/√ᾱ = (x − ε)/0: diffusers' DDIMScheduler
+    returns ±inf and then NaN; with ``clip_sample`` the clamp turns ±inf into ±r — x̂₀ is then the sign of
+    the model's error x − ε, and NaN for an exact model (whose ε at ᾱ = 0 is x itself). Refused here.
+    """
+    if cfg["prediction_type"] != "epsilon":
+        return
+    for kind, moves in (("denoising", denoise), ("inversion", invert)):
+        bad = [m.t for m in moves if m.alpha_from == 0.0]
+        if bad:
+            last = cfg["num_train_timesteps"] - 1
+            why = f" (rescale_betas_zero_snr=True makes ᾱ_{last} = 0)" if cfg["rescale_betas_zero_snr"] else ""
+            raise ValueError(
+                f"prediction_type='epsilon' cannot take the {kind} step at t={bad[0]} from ᾱ = 0{why}: "
+                f"x̂₀ = (x − √(1−ᾱ)·ε)/√ᾱ divides by zero (diffusers returns inf/NaN, or with clip_sample "
+                f"±clip_sample_range by the sign of the model's error); use prediction_type='v_prediction' (as "
+                f"zero-SNR models are trained), or num_steps=0 with num_inversion_steps for an inversion-only schedule"
+            )
 
 
 def resolve_config(config, overrides: Mapping | None = None) -> dict:

@@ -2,11 +2,16 @@
 
 1. D(ε; c):  x_T = ε, then for each denoising move (t, ᾱ_from → ᾱ_to) of the schedule
              x ← ddim_move(x, m_c, ᾱ_from, ᾱ_to, m_u, w_d)     with (m_c, m_u) = guided model outputs at t
-2. I(x₀; c): the same over the inversion moves with guidance w_i (default 1.0: conditional pass only)
+2. I(x₀; c): the same over the inversion moves with guidance w_i
 3. F(ε) = I(D(ε))
 
+Guidance (`noisefast.denoisers.guidance`): D follows diffusers' pipeline (``DENOISE_RULE``: CFG only when
+w_d > 1, else the conditional half alone); I mixes for every scale (``INVERSION_RULE``):
+m = m_u + w_i·(m_c − m_u), so w_i = 1 (the default, the paper's) is the conditional inversion, w_i = 0 the
+unconditional one (one half each), and any other w_i runs the ``[uncond; cond]`` pair.
+
 Candidates are processed in chunks of at most ``max_batch`` (the denoiser sees ``2·max_batch`` rows
-when guidance > 1). Gradients: when none is wanted (grad mode off, or neither the latent nor a condition
+when a step runs both halves). Gradients: when none is wanted (grad mode off, or neither the latent nor a condition
 tensor requires grad) everything runs under ``torch.inference_mode`` — the results are then inference
 tensors, not usable in a later autograd graph. When one is wanted, autograd flows through every
 denoiser call and move; ``checkpoint=True`` checkpoints each (call + move): only the latent entering
@@ -29,7 +34,8 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from noisefast import ops
 from noisefast.defaults import DEFAULT_GUIDANCE_SCALE, DEFAULT_INVERSION_GUIDANCE_SCALE
 from noisefast.denoisers.base import Condition, Denoiser
-from noisefast.denoisers.guidance import GuidedDenoiser, check_condition_batch, check_guidance_scale
+from noisefast.denoisers.guidance import (DENOISE_RULE, INVERSION_RULE, GuidedDenoiser, check_condition_batch,
+                                         check_guidance_scale)
 from noisefast.schedule import DDIMSchedule, Move
 
 
@@ -45,8 +51,9 @@ def denoise(
     return_intermediates: bool = False,
     checkpoint: bool = False,
 ):  # [B, C, H, W] x₀; with return_intermediates: (x₀, [N+1, B, C, H, W] latents x_T … x₀)
-    """D: the DDIM denoising loop of ``sched`` (as ``DDIMScheduler``), guided with ``guidance_scale``."""
-    phases = [("denoise_moves", check_guidance_scale(guidance_scale))]
+    """D: the DDIM denoising loop of ``sched`` (as ``DDIMScheduler``), guided with ``guidance_scale`` as
+    diffusers' pipeline does (> 1: ``[uncond; cond]``; ≤ 1: the conditional half only)."""
+    phases = [("denoise_moves", check_guidance_scale(guidance_scale), DENOISE_RULE)]
     return _run(den, sched, noise, cond, phases, max_batch, return_intermediates, checkpoint)
 
 
@@ -61,8 +68,9 @@ def invert(
     return_intermediates: bool = False,
     checkpoint: bool = False,
 ):  # [B, C, H, W] x_T; with return_intermediates: (x_T, [N'+1, B, C, H, W] latents x₀ … x_T)
-    """I: the DDIM inversion loop of ``sched`` (as ``DDIMInverseScheduler``), guided with ``guidance_scale``."""
-    phases = [("invert_moves", check_guidance_scale(guidance_scale))]
+    """I: the DDIM inversion loop of ``sched`` (as ``DDIMInverseScheduler``) on m = m_u + w·(m_c − m_u),
+    ``w = guidance_scale``, for every w: 1 → conditional only, 0 → unconditional only (one call each)."""
+    phases = [("invert_moves", check_guidance_scale(guidance_scale), INVERSION_RULE)]
     return _run(den, sched, x0, cond, phases, max_batch, return_intermediates, checkpoint, name="x0")
 
 
@@ -78,10 +86,11 @@ def transform(
     return_intermediates: bool = False,
     checkpoint: bool = False,
 ):  # [B, C, H, W] F(ε); with return_intermediates: (F(ε), [N+N'+1, B, C, H, W] latents ε … x₀ … F(ε))
-    """F = I∘D, each chunk of candidates denoised and inverted before the next starts."""
+    """F = I∘D, each chunk of candidates denoised and inverted before the next starts (guidance as in
+    `denoise` and `invert`)."""
     phases = [
-        ("denoise_moves", check_guidance_scale(guidance_scale)),
-        ("invert_moves", check_guidance_scale(inversion_guidance_scale, "inversion_guidance_scale")),
+        ("denoise_moves", check_guidance_scale(guidance_scale), DENOISE_RULE),
+        ("invert_moves", check_guidance_scale(inversion_guidance_scale, "inversion_guidance_scale"), INVERSION_RULE),
     ]
     return _run(den, sched, noise, cond, phases, max_batch, return_intermediates, checkpoint)
 
@@ -123,6 +132,9 @@ def _run(den, sched, x, cond, phases, max_batch, return_intermediates, use_check
     if not isinstance(sched, DDIMSchedule):
         raise TypeError(f"sched must be a noisefast DDIMSchedule, got {type(sched).__name__}")
     check_latents(x, den, name)
+    for moves, _, _ in phases:
+        if not getattr(sched, moves):  # an inversion-only schedule (num_steps=0)
+            raise ValueError(f"sched has no {moves[:-6]} steps: it was built with num_steps=0 (inversion only)")
     B = x.shape[0]
     check_condition_batch(cond, B)
     step = check_max_batch(max_batch) or B
@@ -137,8 +149,8 @@ def _run(den, sched, x, cond, phases, max_batch, return_intermediates, use_check
             xc = x[idx]
             cc = cond.index(idx) if cond.batch_size == B and B != 1 else cond
             keep = [xc] if return_intermediates else None
-            for moves, w in phases:
-                guided = GuidedDenoiser(den, cc, xc.shape[0], w)
+            for moves, w, rule in phases:
+                guided = GuidedDenoiser(den, cc, xc.shape[0], w, rule)
                 xc = _run_moves(guided, getattr(sched, moves), xc, sched, keep, checkpointed)
             outs.append(xc)
             if keep is not None:

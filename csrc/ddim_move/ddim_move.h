@@ -9,6 +9,11 @@
 //   4. move:         x' = √a'·x̂₀ + √(1−a')·ε̂
 //
 // Without clipping the move is affine, x' = c_x·x + c_m·m, and one multiply-add per input does it.
+//
+// ᾱ = 0 (zero terminal SNR) is allowed: v prediction never divides (c_x = √(1−a'), c_m = −√a' at a = 0),
+// nor does any move to a' = 0. Epsilon prediction from a = 0 divides by √a = 0: ops.py admits it only with
+// clipping, where IEEE arithmetic gives x̂₀ = (x − m)·inf = ±inf → clamped to ±r, exactly diffusers' result
+// ((x − m)/0 then clamp); c_x, c_m are then ±inf/NaN but unused. Needs IEEE inf semantics (no fast-math).
 #pragma once
 
 #include <cmath>
@@ -91,13 +96,23 @@ struct DdimCoefs {
 
   // Backward of steps 2-4: from g = ∂L/∂x' to (∂L/∂x, ∂L/∂m). With clipping the clamp passes the
   // gradient where −r ≤ x̂₀ ≤ r (torch.clamp's convention), so x and m are needed for the mask.
+  // Epsilon prediction from a = 0 (zero terminal SNR; only allowed with clipping): 1/√a = inf, x̂₀ = ±inf
+  // (NaN where x = m) is clamped to ±r, never passes the mask, and its zero gradient must not meet the
+  // infinite 1/√a (0·inf = NaN) — hence the selects below rather than multiplying by a masked dx̂₀.
   NF_HD void move_backward(acc_t g, acc_t x, acc_t m, bool v_prediction, bool clip, acc_t& dx, acc_t& dm) const {
     if (!clip) { dx = cx * g; dm = cm * g; return; }
     const acc_t x0 = x0_hat(x, m, v_prediction);
-    const acc_t dx0 = (x0 >= -r && x0 <= r) ? sa_to * g : acc_t(0);  // ∂L/∂x̂₀
-    const acc_t deps = s1a_to * g;                                    // ∂L/∂ε̂
-    if (v_prediction) { dx = sa * dx0 + s1a * deps; dm = sa * deps - s1a * dx0; }
-    else              { dx = inv_sa * dx0;           dm = deps - s1a * inv_sa * dx0; }
+    const bool pass = x0 >= -r && x0 <= r;      // false for ±inf and NaN
+    const acc_t deps = s1a_to * g;              // ∂L/∂ε̂
+    if (v_prediction) {
+      const acc_t dx0 = pass ? sa_to * g : acc_t(0);  // ∂L/∂x̂₀
+      dx = sa * dx0 + s1a * deps;
+      dm = sa * deps - s1a * dx0;
+    } else {
+      const acc_t dx0 = sa_to * g;                    // ∂L/∂x̂₀ where the clamp passes it
+      dx = pass ? inv_sa * dx0 : acc_t(0);
+      dm = pass ? deps - s1a * inv_sa * dx0 : deps;
+    }
   }
 };
 

@@ -173,7 +173,9 @@ def add_settings_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", type=positive_int, help="DDIM denoising steps")
     g.add_argument("--inversion-steps", type=positive_int, help="DDIM inversion steps")
     g.add_argument("--guidance", type=guidance_float, help="classifier-free guidance scale of denoising (> 1 runs CFG)")
-    g.add_argument("--inversion-guidance", type=guidance_float, help="guidance scale of the inversion")
+    g.add_argument("--inversion-guidance", type=guidance_float,
+                   help="inversion guidance w_i: m = m_u + w_i·(m_c − m_u) for every w_i; 1 = conditional (the paper's "
+                        "default), 0 = unconditional (Z-Sampling), other values run both halves")  # fmt: skip
     g.add_argument("--height", type=positive_int, help="image height in pixels (a multiple of 8 for SDXL)")
     g.add_argument("--width", type=positive_int, help="image width in pixels (a multiple of 8 for SDXL)")
     g.add_argument("--batch-size", type=positive_int, help="rows per UNet batch (default: 8)")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from noisefast.atomic import dumps_json
 from noisefast.cli.args import fast_path_options, read_prompts, settings_overrides
+from noisefast.denoisers.guidance import describe_inversion_guidance
 from noisefast.errors import OutputError
 from noisefast.progress import ProgressBar, stderr_is_terminal
 
@@ -61,7 +62,10 @@ class Run:
             "argv": sys.argv[1:],
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "model": self.engine.describe() | {"threads": self.threads},
-            "settings": self.settings.as_dict() | {"negative_prompt": args.negative_prompt},
+            "settings": self.settings.as_dict() | {
+                "negative_prompt": args.negative_prompt,
+                "inversion_guidance": describe_inversion_guidance(self.settings.inversion_guidance_scale),
+            },
             "versions": versions(),
             "complete": False,
             "runs": [],
@@ -98,7 +102,7 @@ class Run:
             d, s = self.report["model"], self.settings
             print(f"noisefast {self.report['command']} · {d['model']} ({d['family']}, {d['device']} {d['dtype']}) · "
                   f"DDIM {s.steps} steps + {s.inversion_steps} inversion steps, guidance {s.guidance_scale:g} "
-                  f"(inversion {s.inversion_guidance_scale:g}), {s.width}×{s.height}")  # fmt: skip
+                  f"(inversion {describe_inversion_guidance(s.inversion_guidance_scale)}), {s.width}×{s.height}")  # fmt: skip
             for line in summary_lines:
                 print(line)
             print(f"report: {path}" + ("  (interrupted: partial results)" if interrupted else ""))

@@ -20,7 +20,7 @@ class Condition:
     """Prompt conditioning, batch-first. Any field may have batch 1 and is then broadcast.
 
     SDXL: ``prompt_embeds`` [B, 77, 2048], ``pooled_prompt_embeds`` [B, 1280], ``time_ids`` [B, 6];
-    the ``negative_*`` fields are the unconditional half used when guidance > 1.
+    the ``negative_*`` fields are the unconditional half, used where a step runs it (see `guidance.Guidance`).
     """
 
     prompt_embeds: torch.Tensor  # [B, L, D]

@@ -51,8 +51,9 @@ class GaussianMixtureDenoiser:
             raise ValueError(f"weights must be {K} positive numbers, got {weights.tolist()}")
         ac = getattr(alphas_cumprod, "alphas_cumprod", alphas_cumprod)
         ac = torch.as_tensor(ac, dtype=dtype, device=device)
-        if ac.ndim != 1 or not bool(((ac > 0) & (ac <= 1)).all()):
-            raise ValueError("alphas_cumprod must be a [T] tensor with values in (0, 1]")
+        # ᾱ = 0 (zero terminal SNR) is fine: s_k² = 1, responsibilities = the prior, ε* = x, v* = −x̂₀
+        if ac.ndim != 1 or not bool(((ac >= 0) & (ac <= 1)).all()):
+            raise ValueError("alphas_cumprod must be a [T] tensor with values in [0, 1]")
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
         self.means = means  # [K, C, H, W]
