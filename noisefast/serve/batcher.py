@@ -300,23 +300,26 @@ class Batcher:
         rows = [Row(req.serial, req, req.cond, seed) for req, seed in taken]
         t = time.perf_counter()
         try:
-            self._deliver(rows, self._scorer(g, taken[0][0].settings)(rows))
+            scores, error = self._scorer(g, taken[0][0].settings)(rows), None
         except Exception as e:
-            reqs = list(dict.fromkeys(r.key for r in rows))
-            if len(reqs) == 1:
-                self._fail(reqs[0], e)
-            else:  # find the culprit: each request's rows alone
-                for req in reqs:
-                    mine = [r for r in rows if r.key is req]
-                    try:
-                        self._deliver(mine, self._scorer(g, req.settings)(mine))
-                    except Exception as e2:
-                        self._fail(req, e2)
-        secs = time.perf_counter() - t
-        self.rows_done += len(rows)
+            scores, error = None, e
+        self.rows_done += len(rows)  # counted before any answer goes out
         self.batches_done += 1
         if self.metrics is not None:
-            self.metrics.observe_batch(len(rows), secs)
+            self.metrics.observe_batch(len(rows), time.perf_counter() - t)
+        if error is None:
+            self._deliver(rows, scores)
+            return
+        reqs = list(dict.fromkeys(r.key for r in rows))
+        if len(reqs) == 1:
+            self._fail(reqs[0], error)
+            return
+        for req in reqs:  # find the culprit: each request's rows alone; the others still get their scores
+            mine = [r for r in rows if r.key is req]
+            try:
+                self._deliver(mine, self._scorer(g, req.settings)(mine))
+            except Exception as e:
+                self._fail(req, e)
 
     def _deliver(self, rows: list[Row], scores: torch.Tensor) -> None:
         for part in split_scores(rows, scores):
