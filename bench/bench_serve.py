@@ -41,7 +41,7 @@ def start_server(port: int, max_batch: int, args) -> subprocess.Popen:
            "--max-batch", str(max_batch), "--max-wait-ms", str(args.max_wait_ms), "--threads", str(args.threads),
            "--max-queue", "100000", "--timeout", "300", "--log-level", "warning"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited: {proc.stderr.read()[-2000:]}")
@@ -52,7 +52,7 @@ def start_server(port: int, max_batch: int, args) -> subprocess.Popen:
             pass
         time.sleep(0.2)
     proc.kill()
-    raise RuntimeError("server not ready within 120 s")
+    raise RuntimeError("server not ready within 300 s")
 
 
 async def load(port: int, concurrency: int, duration: float, k: int, settings: dict) -> dict:
