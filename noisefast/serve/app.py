@@ -101,7 +101,7 @@ def create_app(config: ServeConfig | None = None, *, engine=None, service: Servi
             if own:
                 svc.stop()  # after uvicorn's graceful shutdown let the in-flight requests finish
 
-    app = FastAPI(title="noisefast", version=_version(), lifespan=lifespan,
+    app = FastAPI(title="noisefast", version=_version(), lifespan=lifespan, redirect_slashes=False,
                   description="Diffusion noise selection and optimization by inversion stability.")  # fmt: skip
     app.state.service = svc
     app.add_middleware(GuardMiddleware, service=svc)
