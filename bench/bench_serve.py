@@ -1,0 +1,151 @@
+"""Load test of `noisefast serve` on loopback: /v1/select with K seeds from N concurrent clients.
+
+For each batching mode (dynamic: ``--max-batch 32``; off: ``--max-batch 1``) a server subprocess starts on
+127.0.0.1 (builtin:digits), then for each concurrency level the clients send requests back to back for
+``--duration`` seconds: throughput (requests/s, rows/s), latency p50/p95/p99, errors by status. Every
+run is bounded (duration × levels × modes + start-up) and stops by itself.
+
+    python bench/bench_serve.py --duration 60                 # → bench/results/serve-DATE.{json,md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(port: int, max_batch: int, args) -> subprocess.Popen:
+    cmd = [sys.executable, "-c", "import sys; from noisefast.cli import main; sys.exit(main(sys.argv[1:]))", "serve", "--host", "127.0.0.1", "--port", str(port),
+           "--max-batch", str(max_batch), "--max-wait-ms", str(args.max_wait_ms), "--threads", str(args.threads),
+           "--max-queue", "100000", "--timeout", "300", "--log-level", "warning"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server not ready within 300 s")
+
+
+async def load(port: int, concurrency: int, duration: float, k: int, settings: dict) -> dict:
+    url = f"http://127.0.0.1:{port}/v1/select"
+    lat, errors, rng = [], {}, random.Random(0)
+    deadline = time.monotonic() + duration
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=300) as client:
+
+        async def worker():
+            while time.monotonic() < deadline:
+                start = rng.randrange(0, 1_000_000)
+                payload = {"prompt": f"a handwritten digit {rng.choice(NAMES)}", "seeds": {"start": start, "stop": start + k},
+                           "settings": settings}  # fmt: skip
+                t = time.perf_counter()
+                try:
+                    r = await client.post(url, json=payload)
+                    code = r.status_code
+                except httpx.HTTPError as e:
+                    code = type(e).__name__
+                if code == 200:
+                    lat.append(time.perf_counter() - t)
+                else:
+                    errors[str(code)] = errors.get(str(code), 0) + 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    a = np.array(lat) if lat else np.array([np.nan])
+    return {"concurrency": concurrency, "requests": len(lat), "errors": errors, "wall_s": round(wall, 2),
+            "req_per_s": round(len(lat) / wall, 2), "rows_per_s": round(len(lat) * k / wall, 1),
+            "p50_ms": round(float(np.percentile(a, 50)) * 1e3, 1), "p95_ms": round(float(np.percentile(a, 95)) * 1e3, 1),
+            "p99_ms": round(float(np.percentile(a, 99)) * 1e3, 1)}  # fmt: skip
+
+
+def batch_stats(port: int) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    fam = {f.name: f for f in text_string_to_metric_families(text)}["noisefast_batch_rows"]
+    s = {x.name: x.value for x in fam.samples if not x.labels.get("le")}
+    n = s.get("noisefast_batch_rows_count", 0)
+    return {"batches": int(n), "mean_rows_per_batch": round(s.get("noisefast_batch_rows_sum", 0) / n, 2) if n else None}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds per (mode, concurrency) (default: 60)")
+    ap.add_argument("--levels", default="1,8,64")
+    ap.add_argument("--k", type=int, default=32, help="seeds per select request")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--max-wait-ms", type=float, default=5.0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = ap.parse_args()
+    levels = [int(x) for x in args.levels.split(",")]
+    settings = {"steps": args.steps, "inversion_steps": args.steps}
+    res = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+           "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.system()} {platform.release()}",
+           "load_before": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+           "command": " ".join(["python", "bench/bench_serve.py", *sys.argv[1:]]), "model": "builtin:digits",
+           "k": args.k, "settings": settings, "runs": []}  # fmt: skip
+    for mode, max_batch in (("dynamic", 32), ("off", 1)):
+        port = free_port()
+        proc = start_server(port, max_batch, args)
+        try:
+            for c in levels:
+                r = asyncio.run(load(port, c, args.duration, args.k, settings))
+                res["runs"].append({"batching": mode, "max_batch": max_batch} | r)
+                print(json.dumps(res["runs"][-1]), flush=True)
+            res["runs"][-1]["server"] = batch_stats(port)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    res["load_after"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"serve-{res['date'][:10]}"
+    stem.with_suffix(".json").write_text(json.dumps(res, indent=2))
+    md = [f"# noisefast serve: /v1/select, K={args.k} seeds, builtin:digits, {args.steps} steps", "",
+          f"{res['date']}; {res['machine']}; `{res['command']}`", "", f"load before: `{res['load_before']}`",
+          f"load after: `{res['load_after']}`", "",
+          "| batching | clients | requests | req/s | rows/s | p50 ms | p95 ms | p99 ms | errors |",
+          "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in res["runs"]:
+        md.append(f"| {r['batching']} (max {r['max_batch']}) | {r['concurrency']} | {r['requests']} | {r['req_per_s']} | "
+                  f"{r['rows_per_s']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {sum(r['errors'].values())} |")
+    stem.with_suffix(".md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Ray Serve: the same FastAPI app (`noisefast.serve.app`) as a Ray Serve deployment with replicas.
+
+    serve run noisefast.serve.ray:app                       # builtin:digits, one replica
+    from noisefast.serve.ray import ray_app
+    serve.run(ray_app("stabilityai/sdxl-turbo", num_replicas=2, ray_actor_options={"num_gpus": 1}))
+
+Each replica loads its own model once (in the replica's process) and runs the same `Service`: one
+worker thread owning the model, dynamic batching of the replica's concurrent requests, the same limits,
+key check and metrics. Ray routes requests between replicas; ``max_ongoing_requests`` bounds each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from noisefast.serve.service import ServeConfig, Service
+
+
+def ray_app(model: str = "builtin:digits", *, num_replicas: int = 1, ray_actor_options: dict | None = None,
+            max_ongoing_requests: int = 256, name: str = "noisefast", **options):  # fmt: skip
+    """A bound Ray Serve application (pass to ``serve.run``); ``options``: `ServeConfig` fields."""
+    from ray import serve
+
+    from noisefast.serve.app import create_app
+
+    known = {f.name for f in fields(ServeConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"ray_app: unknown options {unknown} (ServeConfig fields: {sorted(known)})")
+    config = ServeConfig(model=model, **options)
+    placeholder = Service(config)  # replaced in each replica by a loaded one
+    fastapi_app = create_app(config, service=placeholder)
+
+    @serve.deployment(name=name, num_replicas=num_replicas, ray_actor_options=ray_actor_options or {"num_cpus": 1},
+                      max_ongoing_requests=max_ongoing_requests)  # fmt: skip
+    @serve.ingress(fastapi_app)
+    class NoisefastDeployment:
+        async def __init__(self):
+            svc = Service(config).load()
+            await svc.warm_up()
+            # this replica's copy of the app: point its routes' service at the loaded one
+            self._service = svc
+            _rebind(fastapi_app, svc)
+
+        def __del__(self):
+            svc = getattr(self, "_service", None)
+            if svc is not None:
+                svc.stop()
+
+        async def check_health(self):
+            if not (self._service.ready and self._service.batcher.alive):
+                raise RuntimeError("the model's worker thread is not running")
+
+    return NoisefastDeployment.bind()
+
+
+def _rebind(app, svc: Service) -> None:
+    """The routes close over the placeholder `Service`; give it the loaded one's state (same object identity)."""
+    placeholder: Service = app.state.service
+    placeholder.__dict__.update(svc.__dict__)
+
+
+def __getattr__(name: str):
+    if name == "app":  # `serve run noisefast.serve.ray:app`, built on first access (not at import)
+        return ray_app()
+    raise AttributeError(name)
+
+
+__all__ = ["ray_app"]

@@ -1,0 +1,70 @@
+"""Shared pieces of the serve tests: the digits engine, an in-process server, a gate that holds the model's thread."""
+
+import asyncio
+import contextlib
+import threading
+
+import httpx
+import pytest
+import torch
+
+from noisefast.serve.app import create_app
+from noisefast.serve.service import ServeConfig, Service
+
+P3, P7 = "a handwritten digit three", "a handwritten digit seven"
+FAST = {"steps": 2, "inversion_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from noisefast.pipeline import Engine
+
+    torch.set_num_threads(1)
+    return Engine.from_pretrained("builtin:digits")
+
+
+@contextlib.asynccontextmanager
+async def served(engine, headers=None, **options):
+    svc = Service(ServeConfig(**({"warmup": False, "max_wait_ms": 2.0} | options)), engine).load()
+    await svc.warm_up()
+    app = create_app(service=svc)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://t", headers=headers,
+                                     timeout=30) as client:  # fmt: skip
+            client.service = svc
+            yield client
+    finally:
+        svc.stop()
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+class Gate:
+    """Holds the model's worker inside the scorer until opened; counts rows that reached the UNet."""
+
+    def __init__(self, batcher):
+        self.open_, self.entered, self.rows, self.calls = threading.Event(), threading.Event(), 0, 0
+        inner = batcher._scorer
+
+        def scorer(g, settings):
+            real = inner(g, settings)
+
+            def call(rows):
+                self.entered.set()
+                self.open_.wait(20)
+                self.rows, self.calls = self.rows + len(rows), self.calls + 1
+                return real(rows)
+
+            return call
+
+        batcher._scorer = scorer
+
+    async def wait_entered(self):
+        while not self.entered.is_set():
+            await asyncio.sleep(0.005)
+
+
+def body(prompt=P3, seeds=None, **kw):
+    return {"prompt": prompt, "seeds": list(range(6)) if seeds is None else seeds, "settings": FAST} | kw
