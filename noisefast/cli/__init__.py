@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {  # name → module holding COMMAND
     "optimize": "noisefast.cli.optimize",
     "generate": "noisefast.cli.generate",
     "export": "noisefast.cli.export",
+    "screen": "noisefast.cli.screen",
 }
 
 
