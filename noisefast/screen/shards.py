@@ -18,7 +18,6 @@ writes files; workers return scores.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -116,7 +115,11 @@ class OutDir:
         except OSError as e:
             raise OutputError(f"cannot write to --out {self.root}: {e.strerror or e}") from None
         try:
+            import fcntl  # POSIX; elsewhere the lock is skipped (one run per folder is then the user's care)
+
             fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:
+            pass
         except OSError:
             self._lock.close()
             self._lock = None
