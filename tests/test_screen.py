@@ -200,3 +200,16 @@ def test_prompt_ids_and_negative_prompts_from_jsonl(engine, tmp_path):
     df = load_scores(out)
     assert "one" in set(df["prompt_id"]) and df["negative_prompt"].notna().sum() == 2
     assert os.path.exists(out / "summary.md")
+
+
+def test_a_second_run_on_the_same_folder_is_refused_while_the_first_holds_it(tmp_path):
+    from noisefast.errors import OutputError
+    from noisefast.screen.shards import OutDir
+
+    first = OutDir(tmp_path / "run").prepare()
+    try:
+        with pytest.raises(OutputError, match="being written by another"):
+            OutDir(tmp_path / "run").prepare()
+    finally:
+        first.release()
+    OutDir(tmp_path / "run").prepare().release()

@@ -42,7 +42,7 @@ def _rows(out):
 
 
 def test_kill_9_at_random_moments_then_resume_gives_every_row_once(engine, tmp_path):
-    seeds = 24
+    seeds = 16
     ref_out, out = tmp_path / "ref", tmp_path / "killed"
     screen(PROMPTS, range(seeds), ref_out, engine=engine, shard_size=8, **FAST)
     code = CHILD.format(prompts=PROMPTS, seeds=seeds, fast=FAST)
