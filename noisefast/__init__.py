@@ -3,7 +3,7 @@
 Layers (data flows one way): cli/serve/screen → workflows → pipeline (Engine) → selection/batching/optimize →
 stability → transform → (denoisers, ops, schedule). See DESIGN.md for the math and the layout.
 """
-from noisefast import ops, ref
+from noisefast import ops, ref, screen  # screen: the module is callable, noisefast.screen(...)
 from noisefast._ext import ExtensionFallbackWarning, build_info
 from noisefast.batching import RowScorer, ScoredRows, ScoreJob, score_stream
 from noisefast.defaults import ModelDefaults
@@ -71,6 +71,7 @@ __all__ = [
     "select_many",
     "select_noise",
     "score_stream",
+    "screen",
     "stability_grad",
     "stability_score",
     "transform",

@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {  # name → module holding COMMAND
     "generate": "noisefast.cli.generate",
     "export": "noisefast.cli.export",
     "serve": "noisefast.cli.serve",
+    "screen": "noisefast.cli.screen",
 }
 
 
