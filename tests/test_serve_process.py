@@ -67,13 +67,15 @@ def test_sigterm_drains_in_flight_request():
         assert "r" not in out, "the request finished before SIGTERM: make it longer"
         proc.send_signal(signal.SIGTERM)
         t.join(60)
-        assert proc.wait(60) == 0
+        # uvicorn re-raises the captured SIGTERM once its graceful shutdown is done: exit by the signal (or 0)
+        assert proc.wait(60) in (0, -signal.SIGTERM)
         r = out["r"]
         assert r.status_code == 200 and len(r.json()["seeds"]) == 64
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        proc.stderr.close()
 
 
 def test_ray_serve_replica_answers_like_the_engine():

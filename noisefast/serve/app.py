@@ -10,9 +10,10 @@ Errors: a `noisefast.errors.NoisefastError` answers its ``http_status`` with ``{
 (limits on a field: 422 with its ``loc``, like pydantic's); a full queue 429 + Retry-After; a request
 over its time 504; a body over ``max_body_bytes`` 413; a bad or missing key 401. Anything else is a bug:
 500 with the exception's type only.
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: Ray Serve pickles the app into each replica, and FastAPI must
+see the route parameters' real classes (string annotations would turn the bodies into query parameters).
+"""
 
 import hmac
 import math

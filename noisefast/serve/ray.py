@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from noisefast.serve.service import ServeConfig, Service
+from noisefast.serve.service import ServeConfig
 
 
 def ray_app(model: str = "builtin:digits", *, num_replicas: int = 1, ray_actor_options: dict | None = None,
@@ -28,36 +28,17 @@ def ray_app(model: str = "builtin:digits", *, num_replicas: int = 1, ray_actor_o
     if unknown:
         raise TypeError(f"ray_app: unknown options {unknown} (ServeConfig fields: {sorted(known)})")
     config = ServeConfig(model=model, **options)
-    placeholder = Service(config)  # replaced in each replica by a loaded one
-    fastapi_app = create_app(config, service=placeholder)
+    # The app is pickled into each replica with its own (unloaded) Service; Ray Serve runs the ASGI lifespan
+    # there, which loads the model once per replica and stops its worker thread at shutdown.
+    fastapi_app = create_app(config)
 
     @serve.deployment(name=name, num_replicas=num_replicas, ray_actor_options=ray_actor_options or {"num_cpus": 1},
                       max_ongoing_requests=max_ongoing_requests)  # fmt: skip
     @serve.ingress(fastapi_app)
     class NoisefastDeployment:
-        async def __init__(self):
-            svc = Service(config).load()
-            await svc.warm_up()
-            # this replica's copy of the app: point its routes' service at the loaded one
-            self._service = svc
-            _rebind(fastapi_app, svc)
-
-        def __del__(self):
-            svc = getattr(self, "_service", None)
-            if svc is not None:
-                svc.stop()
-
-        async def check_health(self):
-            if not (self._service.ready and self._service.batcher.alive):
-                raise RuntimeError("the model's worker thread is not running")
+        pass
 
     return NoisefastDeployment.bind()
-
-
-def _rebind(app, svc: Service) -> None:
-    """The routes close over the placeholder `Service`; give it the loaded one's state (same object identity)."""
-    placeholder: Service = app.state.service
-    placeholder.__dict__.update(svc.__dict__)
 
 
 def __getattr__(name: str):
