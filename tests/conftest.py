@@ -98,3 +98,16 @@ def quiet_env(monkeypatch):
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits_engine_1thread():
+    """The built-in digits Engine with torch on 1 thread (as the CLI runs pixel models); restored afterwards."""
+    import torch
+
+    import noisefast as nf
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield nf.Engine.from_pretrained("builtin:digits")
+    torch.set_num_threads(threads)

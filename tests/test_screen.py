@@ -17,25 +17,8 @@ PROMPTS = ["a handwritten digit one", "a handwritten digit seven", "a handwritte
 FAST = dict(steps=2, inversion_steps=2, batch_size=8)
 
 
-@pytest.fixture(scope="module")
-def engine():
-    import noisefast as nf
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield nf.Engine.from_pretrained("builtin:digits")
-    torch.set_num_threads(threads)
 
 
-@pytest.fixture
-def cli_env(monkeypatch):
-    """In-process ``noisefast.cli.main()`` sets library verbosity variables and torch's thread count: restore both."""
-    quiet = {"TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-    for k, v in quiet.items():
-        monkeypatch.setenv(k, os.environ.get(k, v))
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 # --- prompt files (no model) -------------------------------------------------------------------------------
@@ -91,7 +74,12 @@ def test_bad_prompt_files(tmp_path, name, content, message):
     assert "\n" not in str(e.value)
 
 
-def test_cli_bad_file_and_missing_ray_are_one_line_errors(tmp_path, capsys, monkeypatch, cli_env):
+
+@pytest.fixture(scope="module")
+def engine(digits_engine_1thread):
+    return digits_engine_1thread
+
+def test_cli_bad_file_and_missing_ray_are_one_line_errors(tmp_path, capsys, monkeypatch, quiet_env):
     from noisefast.cli import main
 
     bad = tmp_path / "p.txt"
@@ -157,7 +145,7 @@ def test_resume_skips_finished_shards_and_is_bit_identical(engine, tmp_path):
     pd.testing.assert_frame_equal(load_scores(out), before)
 
 
-def test_rerun_with_other_settings_is_refused_and_force_starts_over(engine, tmp_path, capsys, cli_env):
+def test_rerun_with_other_settings_is_refused_and_force_starts_over(engine, tmp_path, capsys, quiet_env):
     from noisefast.cli import main
 
     out = tmp_path / "run"

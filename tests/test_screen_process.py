@@ -26,15 +26,12 @@ noisefast.screen({prompts!r}, range({seeds}), sys.argv[1], model="builtin:digits
 """
 
 
+
+
+
 @pytest.fixture(scope="module")
-def engine():
-    import noisefast as nf
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield nf.Engine.from_pretrained("builtin:digits")
-    torch.set_num_threads(threads)
-
+def engine(digits_engine_1thread):
+    return digits_engine_1thread
 
 def _child_env():
     return dict(os.environ, OMP_NUM_THREADS="1", TRANSFORMERS_VERBOSITY="error", DIFFUSERS_VERBOSITY="error")
