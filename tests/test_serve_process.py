@@ -36,14 +36,21 @@ def wait_ready(url: str, proc=None, seconds: float = 180) -> None:
     raise AssertionError(f"{url} not ready within {seconds} s")
 
 
-def in_flight(base: str) -> bool:
+def metric(base: str, name: str) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
     fams = {f.name: f for f in text_string_to_metric_families(httpx.get(base + "/metrics", timeout=5).text)}
-    return fams["noisefast_queue_depth"].samples[0].value > 0 or fams["noisefast_rows"].samples[0].value > 1
+    return fams[name].samples[0].value
 
 
-def test_sigterm_drains_in_flight_request():
+def in_flight(base: str, rows_before: float) -> bool:
+    return metric(base, "noisefast_queue_depth") > 0 or metric(base, "noisefast_rows") > rows_before
+
+
+def test_disconnect_drops_rows_then_sigterm_drains_in_flight_request():
+    """One uvicorn process: (1) a client that hangs up mid-request has its queued rows dropped — uvicorn's
+    ``receive()`` answers ``http.disconnect`` — and the next request is served normally; (2) SIGTERM lets the
+    request in flight finish."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", MAIN, "serve", "--port", str(port), "--max-batch", "8",
                              "--graceful-timeout", "60", "--timeout", "120", "--log-level", "warning"],
@@ -52,6 +59,21 @@ def test_sigterm_drains_in_flight_request():
     try:
         base = f"http://127.0.0.1:{port}"
         wait_ready(base + "/readyz", proc)
+        # (1) 512 rows at batch 8: ~minutes of work; the client leaves after 1 s
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(base + "/v1/select", timeout=1.0, json={
+                "prompt": "a handwritten digit four", "seeds": {"start": 0, "stop": 512},
+                "settings": {"steps": 10, "inversion_steps": 10}})
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and metric(base, "noisefast_queue_rows") > 0:
+            time.sleep(0.05)
+        assert metric(base, "noisefast_queue_rows") == 0
+        dropped = metric(base, "noisefast_rows_dropped")  # all but the batches taken before the hang-up (~1 s,
+        assert 256 <= dropped <= 512, dropped  # 8 rows each: a few on any machine, never half of the 64)
+        ok = httpx.post(base + "/v1/score", timeout=60, json={"prompt": "a handwritten digit one", "seeds": [1, 2]})
+        assert ok.status_code == 200 and len(ok.json()["scores"]) == 2
+        rows_before = metric(base, "noisefast_rows")
+        # (2) SIGTERM during a request
         out = {}
 
         def slow():  # 64 rows × 20 DDIM moves: in flight when SIGTERM lands
@@ -62,7 +84,7 @@ def test_sigterm_drains_in_flight_request():
         t = threading.Thread(target=slow)
         t.start()
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not in_flight(base):
+        while time.monotonic() < deadline and not in_flight(base, rows_before):
             time.sleep(0.01)
         assert "r" not in out, "the request finished before SIGTERM: make it longer"
         proc.send_signal(signal.SIGTERM)

@@ -76,6 +76,13 @@ class GuardMiddleware:
             self.service.metrics.observe_request(endpoint, status[0], time.perf_counter() - t)
 
 
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects: once the body is read, an ASGI server's ``receive()`` answers only
+    ``http.disconnect`` (as Starlette's StreamingResponse listens for it) — no polling per waiting request."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 async def _send_json(send, status: int, body: dict) -> None:
     import json
 
@@ -121,23 +128,23 @@ def create_app(config: ServeConfig | None = None, *, engine=None, service: Servi
     @v1.post("/score", response_model=ScoreOut)
     async def score(req: ScoreIn, request: Request):
         """s(ε) = cos(ε, I(D(ε))) of each seed's noise, in the order asked."""
-        return await svc.score(req, request.is_disconnected)
+        return await svc.score(req, lambda: _client_gone(request))
 
     @v1.post("/select", response_model=SelectOut)
     async def select(req: ScoreIn, request: Request):
         """Algorithm 1: every seed scored, sorted most → least stable (from the seed bank when it holds them)."""
-        return await svc.select(req, request.is_disconnected)
+        return await svc.select(req, lambda: _client_gone(request))
 
     @v1.post("/optimize", response_model=OptimizeOut)
     async def optimize(req: OptimizeIn, request: Request):
         """Algorithm 2 on one seed's noise: the stability curve and the noise (base64 safetensors)."""
-        return await svc.optimize(req, request.is_disconnected)
+        return await svc.optimize(req, lambda: _client_gone(request))
 
     @v1.post("/generate", response_model=GenerateOut,
              responses={200: {"content": {"image/png": {}, "application/json": {}}}})  # fmt: skip
     async def generate(req: GenerateIn, request: Request):
         """D(ε) decoded: PNG as base64 JSON, or raw with ``Accept: image/png``."""
-        out, png = await svc.generate(req, request.is_disconnected)
+        out, png = await svc.generate(req, lambda: _client_gone(request))
         if "image/png" in request.headers.get("accept", ""):
             return Response(png, media_type="image/png")
         return out

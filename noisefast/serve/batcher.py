@@ -135,7 +135,7 @@ class Batcher:
 
     # --- the event loop's side -----------------------------------------------------------------------------
     async def score(self, prompt: str, seeds: list[int], settings, *, negative_prompt: str | None = None,
-                    timeout: float = 60.0, is_disconnected: Callable[[], Awaitable[bool]] | None = None) -> torch.Tensor:  # fmt: skip
+                    timeout: float = 60.0, client_gone: Callable[[], Awaitable] | None = None) -> torch.Tensor:  # fmt: skip
         """s(ε) for each seed under ``prompt`` (in the order given), scored in shared batches; [K] float32."""
         loop = asyncio.get_running_loop()
         req = ScoreRequest(loop, loop.create_future(), serial=next(self._serial), prompt=prompt,
@@ -150,10 +150,10 @@ class Batcher:
             self._queued_rows += req.pending
             self._incoming.append(req)
             self._cv.notify_all()
-        return await self._wait(req, timeout, is_disconnected)
+        return await self._wait(req, timeout, client_gone)
 
     async def run(self, fn: Callable, *, timeout: float = 60.0,
-                  is_disconnected: Callable[[], Awaitable[bool]] | None = None):  # fmt: skip
+                  client_gone: Callable[[], Awaitable] | None = None):  # fmt: skip
         """``fn(is_cancelled)`` on the worker thread (which owns the model); its result."""
         loop = asyncio.get_running_loop()
         task = Task(loop, loop.create_future(), fn=fn)
@@ -163,7 +163,7 @@ class Batcher:
                 raise QueueFull(f"{len(self._tasks)} tasks are queued (limit {self.max_queue_tasks})", self._retry_after())
             self._tasks.append(task)
             self._cv.notify_all()
-        return await self._wait(task, timeout, is_disconnected)
+        return await self._wait(task, timeout, client_gone)
 
     def _admit(self) -> None:
         if self._stopping or self._thread is None or not self._thread.is_alive():
@@ -184,23 +184,28 @@ class Batcher:
                     self.metrics.rows_dropped.inc(work.pending)
                 work.pending = 0
 
-    async def _wait(self, work: _Work, timeout: float, is_disconnected) -> object:
-        deadline = time.monotonic() + timeout
+    async def _wait(self, work: _Work, timeout: float, client_gone: Callable[[], Awaitable] | None) -> object:
+        """The work's result, or its cancellation when the time runs out or ``client_gone()`` completes.
+
+        Event-driven (no polling): with many requests waiting, the event loop stays idle and the worker
+        thread keeps the GIL between UNet ops.
+        """
+        gone = asyncio.ensure_future(client_gone()) if client_gone is not None else None
         try:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    self.cancel(work)
-                    raise RequestTimeout(f"the request did not finish within {timeout:g} s")
-                try:
-                    return await asyncio.wait_for(asyncio.shield(work.future), min(left, 0.05))
-                except asyncio.TimeoutError:
-                    if is_disconnected is not None and await is_disconnected():
-                        self.cancel(work)
-                        raise ClientGone("the client disconnected") from None
+            done, _ = await asyncio.wait([w for w in (work.future, gone) if w is not None], timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            if work.future in done:
+                return work.future.result()
+            self.cancel(work)
+            if gone is not None and gone in done:
+                raise ClientGone("the client disconnected")
+            raise RequestTimeout(f"the request did not finish within {timeout:g} s")
         except asyncio.CancelledError:
             self.cancel(work)
             raise
+        finally:
+            if gone is not None and not gone.done():
+                gone.cancel()
 
     # --- the worker thread -------------------------------------------------------------------------------
     def _loop(self) -> None:

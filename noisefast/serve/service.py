@@ -125,13 +125,13 @@ class Service:
         return req.seed_list()
 
     # --- use cases -----------------------------------------------------------------------------------------
-    async def score(self, req: ScoreIn, is_disconnected=None) -> ScoreOut:
+    async def score(self, req: ScoreIn, client_gone=None) -> ScoreOut:
         seeds, s = self._seeds(req), self.settings(req.settings)
         scores = await self.batcher.score(req.prompt, seeds, s, negative_prompt=req.negative_prompt,
-                                          timeout=self.config.request_timeout_s, is_disconnected=is_disconnected)  # fmt: skip
+                                          timeout=self.config.request_timeout_s, client_gone=client_gone)  # fmt: skip
         return ScoreOut(seeds=seeds, scores=_floats(scores))
 
-    async def select(self, req: ScoreIn, is_disconnected=None) -> SelectOut:
+    async def select(self, req: ScoreIn, client_gone=None) -> SelectOut:
         seeds, s = self._seeds(req), self.settings(req.settings)
         scores, source = None, "computed"
         if self.bank is not None and req.negative_prompt is None:
@@ -141,14 +141,14 @@ class Service:
         if scores is None:
             scores, source = await self.batcher.score(req.prompt, seeds, s, negative_prompt=req.negative_prompt,
                                                       timeout=self.config.request_timeout_s,
-                                                      is_disconnected=is_disconnected), "computed"  # fmt: skip
+                                                      client_gone=client_gone), "computed"  # fmt: skip
         # exactly `noisefast.selection._selection`'s order: descending, stable, NaN last
         order = torch.sort(scores.nan_to_num(nan=-torch.inf), descending=True, stable=True).indices.tolist()
         sorted_seeds, sorted_scores = [seeds[i] for i in order], _floats(scores[order])
         return SelectOut(best_seed=sorted_seeds[0], best_score=sorted_scores[0], worst_seed=sorted_seeds[-1],
                          worst_score=sorted_scores[-1], seeds=sorted_seeds, scores=sorted_scores, source=source)  # fmt: skip
 
-    async def optimize(self, req: OptimizeIn, is_disconnected=None) -> OptimizeOut:
+    async def optimize(self, req: OptimizeIn, client_gone=None) -> OptimizeOut:
         if req.iterations > self.config.max_iterations:
             raise FieldLimit(("body", "iterations"),
                              f"iterations={req.iterations} is over this server's limit of {self.config.max_iterations}")  # fmt: skip
@@ -160,7 +160,7 @@ class Service:
                                         renorm=req.renorm, settings=s,
                                         callback=lambda state: False if cancelled() else None)  # fmt: skip
 
-        opt = await self.batcher.run(run, timeout=self.config.request_timeout_s, is_disconnected=is_disconnected)
+        opt = await self.batcher.run(run, timeout=self.config.request_timeout_s, client_gone=client_gone)
         curve = _floats(opt.history[:, 0])
         best = max((v for v in curve if v is not None), default=None)
         return OptimizeOut(seed=req.seed, initial_stability=curve[0] if curve else None,
@@ -168,7 +168,7 @@ class Service:
                            steps_run=opt.steps_run, stop_reason=opt.result.stop_reason,
                            noise=base64.b64encode(opt.noise_bytes()).decode("ascii"))  # fmt: skip
 
-    async def generate(self, req: GenerateIn, is_disconnected=None) -> tuple[GenerateOut, bytes]:
+    async def generate(self, req: GenerateIn, client_gone=None) -> tuple[GenerateOut, bytes]:
         s = self.settings(req.settings)
         noise = None if req.noise is None else decode_noise(req.noise)
 
@@ -179,7 +179,7 @@ class Service:
             gen.images[0].save(buf, format="PNG")
             return buf.getvalue()
 
-        png = await self.batcher.run(run, timeout=self.config.request_timeout_s, is_disconnected=is_disconnected)
+        png = await self.batcher.run(run, timeout=self.config.request_timeout_s, client_gone=client_gone)
         out = GenerateOut(seed=req.seed, width=s.width, height=s.height, image=base64.b64encode(png).decode("ascii"))
         return out, png
 
