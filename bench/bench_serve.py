@@ -1,8 +1,8 @@
 """Load test of `noisefast serve` on loopback: /v1/select with K seeds from N concurrent clients.
 
-For each batching mode (dynamic: ``--max-batch 32``; off: ``--max-batch 1``) a server subprocess starts on
-127.0.0.1 (builtin:digits), then for each concurrency level the clients send requests back to back for
-a warm-up (until every client has had one answer, at most ``--max-warmup`` s) and a ``--duration``-second
+For each batching mode (dynamic: ``--max-batch 32``; per-request: ``--max-batch K``; off: ``--max-batch 1``) a
+server subprocess starts on 127.0.0.1 (builtin:digits), then for each concurrency level the clients send
+requests back to back for a warm-up (until every client has had one answer, at most ``--max-warmup`` s) and a ``--duration``-second
 window: throughput (requests/s, rows/s) and latency p50/p95/p99 of the requests answered in the window, errors
 by status. Every run is bounded ((max warm-up + duration) × levels × modes + start-up): requests in flight at
 the end are cancelled, and it stops by itself.
@@ -130,7 +130,10 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=60.0, help="measured seconds per (mode, concurrency) (default: 60)")
     ap.add_argument("--max-warmup", type=float, default=120.0,
                     help="warm-up ends when every client has had one answer, or after this many seconds (default: 120)")
-    ap.add_argument("--modes", default="dynamic,off", help="dynamic (--max-batch N), off (--max-batch 1)")
+    ap.add_argument("--modes", default="dynamic,off",
+                    help="comma-separated: dynamic (--max-batch N), per-request (--max-batch K: each request's rows "
+                         "alone, no packing across requests), off (--max-batch 1)")
+    ap.add_argument("--tag", default="", help="suffix of the result files (serve-DATE[-TAG].json/md)")
     ap.add_argument("--max-batch", type=int, default=32, help="the dynamic mode's max rows per UNet batch (default: 32)")
     ap.add_argument("--levels", default="1,8,64")
     ap.add_argument("--k", type=int, default=32, help="seeds per select request")
@@ -140,7 +143,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
-    modes = {"dynamic": args.max_batch, "off": 1}
+    modes = {"dynamic": args.max_batch, "per-request": args.k, "off": 1}
     modes = [(m, modes[m]) for m in args.modes.split(",")]
     settings = {"steps": args.steps, "inversion_steps": args.steps}
     res = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -166,7 +169,7 @@ def main() -> None:
     res["load_after"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"serve-{res['date'][:10]}"
+    stem = out / f"serve-{res['date'][:10]}{'-' + args.tag if args.tag else ''}"
     stem.with_suffix(".json").write_text(json.dumps(res, indent=2))
     md = [f"# noisefast serve: /v1/select, K={args.k} seeds, builtin:digits, {args.steps} steps", "",
           f"{res['date']}; {res['machine']}; `{res['command']}`", "",
