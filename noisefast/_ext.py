@@ -1,7 +1,7 @@
 """Loads the compiled kernels (``noisefast._C``, ``noisefast._C_cuda``) and says what is usable.
 
 Importing this module never fails: a missing or broken extension is recorded, and
-:func:`backend` answers ``None`` for that device, which makes ``noisefast.ops`` fall back to the
+:func:`kernels_for` answers ``None`` for that device, which makes ``noisefast.ops`` fall back to the
 pure-torch reference (``noisefast.ref``) with one :class:`ExtensionFallbackWarning`.
 """
 
@@ -74,7 +74,7 @@ def arch_supported(archs: str, cc: int) -> bool:
     return any((arch // 10 == cc // 10 and arch <= cc) or (not real and arch <= cc) for arch, real in entries)
 
 
-def backend(device: torch.device, *, strict: bool | None = None) -> ModuleType | None:
+def kernels_for(device: torch.device, *, strict: bool | None = None) -> ModuleType | None:
     """The extension module that runs kernels on ``device``, or None (the caller falls back to ref)."""
     if device.type == "cpu":
         reason = None if _C is not None else f"noisefast._C is not available ({_C_ERROR})"
@@ -110,13 +110,13 @@ def strict_mode() -> bool:
 
 def require_kernels(device: torch.device) -> None:
     """Raise `BackendUnavailableError` unless the fused kernels run on ``device`` (the Engine's ``strict=True``)."""
-    backend(device, strict=True)
+    kernels_for(device, strict=True)
 
 
 def _outside_package_stacklevel() -> int:
-    """The warnings.warn stacklevel (as seen from backend()) of the first caller outside noisefast."""
+    """The warnings.warn stacklevel (as seen from kernels_for()) of the first caller outside noisefast."""
     package_dir = os.path.dirname(os.path.abspath(__file__))
-    frame, level = sys._getframe(2), 2  # 1 = backend(), which calls warnings.warn
+    frame, level = sys._getframe(2), 2  # 1 = kernels_for(), which calls warnings.warn
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package_dir + os.sep):
         frame, level = frame.f_back, level + 1
     return level

@@ -21,12 +21,12 @@ Conventions:
 * Under autograd, torch.compile, dispatch modes or functorch transforms the custom ops are dispatched;
   plain eager calls without autograd call the same kernel function directly (see ``_direct``).
 * Bad input raises ``TypeError`` (types, dtypes) or ``ValueError`` (shapes, devices, values) naming
-  what was passed. Checking per-sample tensors' values reads them (a device sync on CUDA).
+  what was passed (the checks: ``noisefast.op_args``). Checking per-sample tensors' values reads them
+  (a device sync on CUDA).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -34,109 +34,15 @@ from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from noisefast import _ext, ref
+from noisefast.op_args import FINITE, POSITIVE, UNIT, UNIT_EPS_FROM, acc_dtype, check_tensors, coef
 
 __all__ = ["cosine_similarity", "ddim_move", "momentum_step_"]
-
-_DTYPES = tuple(_ext.DTYPE_CODES)
-
-
-# --- validation ----------------------------------------------------------------------------------------
-
-
-def _check_tensors(op: str, min_ndim: int, **tensors: Tensor | None) -> Tensor:
-    """All given tensors: floating storage, the same shape/dtype/device, ndim ≥ min_ndim. Returns the first."""
-    named = [(n, t) for n, t in tensors.items() if t is not None]
-    for name, t in named:
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in _DTYPES:
-            raise TypeError(f"{op}: {name} has dtype {t.dtype}; supported: float32, float16, bfloat16, float64")
-    first_name, first = named[0]
-    if first.ndim < min_ndim:
-        raise ValueError(f"{op}: {first_name} must have at least {min_ndim} dims [B, ...], got shape {tuple(first.shape)}")
-    for name, t in named[1:]:
-        if t.shape != first.shape:
-            raise ValueError(f"{op}: {name} has shape {tuple(t.shape)} but {first_name} has {tuple(first.shape)}")
-        if t.dtype != first.dtype:
-            raise TypeError(f"{op}: {name} has dtype {t.dtype} but {first_name} has {first.dtype}")
-        if t.device != first.device:
-            raise ValueError(f"{op}: {name} is on {t.device} but {first_name} is on {first.device}")
-    return first
-
-
-class _Range:
-    """A condition on coefficient values, for Python numbers and tensors alike (NaN always fails).
-
-    ``why`` (optional) is appended to the error message: the reason for the bound.
-    """
-
-    def __init__(self, text: str, lo: float, hi: float, lo_open: bool, why: str = ""):
-        self.text, self.lo, self.hi, self.lo_open, self.why = text, lo, hi, lo_open, why
-
-    def scalar_ok(self, v: float) -> bool:
-        return (v > self.lo if self.lo_open else v >= self.lo) and v <= self.hi and math.isfinite(v)
-
-    def tensor_ok(self, t: Tensor) -> Tensor:
-        return ((t > self.lo) if self.lo_open else (t >= self.lo)) & (t <= self.hi) & t.isfinite()
-
-
-_UNIT = _Range("in [0, 1]", 0.0, 1.0, lo_open=False)  # ᾱ = 0: the zero-terminal-SNR end of the schedule
-# epsilon prediction without clipping: x̂₀ = (x − √(1−a)·m)/√a is a division by √a, so a = ᾱ_from must be > 0
-# (diffusers returns ±inf there). With clipping the clamp bounds x̂₀ to ±r and the move stays defined.
-_UNIT_EPS_FROM = _Range("in (0, 1]", 0.0, 1.0, lo_open=True,
-                        why="epsilon prediction without clipping divides by √ᾱ_from: x̂₀ = (x − √(1−ᾱ)·m)/√ᾱ")
-_FINITE = _Range("finite", -math.inf, math.inf, lo_open=False)
-_POSITIVE = _Range("finite and > 0", 0.0, math.inf, lo_open=True)
-
-
-def _why(allowed: _Range) -> str:
-    return f" ({allowed.why})" if allowed.why else ""
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _coef(op: str, name: str, value, x: Tensor, allowed: _Range) -> Tensor:
-    """A float or [B] tensor → contiguous [B] in the accumulation dtype on x's device (detached)."""
-    B = x.shape[0]
-    acc = _acc_dtype(x.dtype)
-    if isinstance(value, Tensor):
-        if value.dtype.is_complex or value.dtype == torch.bool:
-            raise TypeError(f"{op}: {name} must be real, got dtype {value.dtype}")
-        if not (value.ndim == 0 or value.shape == (B,)):
-            raise ValueError(f"{op}: {name} must be a float or a [B] tensor with B = {B}, got shape {tuple(value.shape)}")
-        t = value.detach().to(device=x.device, dtype=acc)
-        bad = ~allowed.tensor_ok(t)
-        if bool(bad.any()):
-            raise ValueError(f"{op}: {name} must be {allowed.text}; got {t[bad].flatten()[:4].tolist()}{_why(allowed)}")
-        return t.expand(B).contiguous()
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not allowed.scalar_ok(float(value)):
-            raise ValueError(f"{op}: {name} must be {allowed.text}; got {value!r}{_why(allowed)}")
-        if x.device.type == "cpu" and not torch.compiler.is_compiling():
-            return _cpu_constant(float(value), B, acc)
-        return torch.full((B,), float(value), dtype=acc, device=x.device)
-    raise TypeError(f"{op}: {name} must be a float or a [B] tensor, got {type(value).__name__}")
-
-
-@functools.lru_cache(maxsize=1024)
-def _cpu_constant(value: float, B: int, dtype: torch.dtype) -> Tensor:
-    """A [B] CPU tensor filled with value, made once: schedules repeat the same few alphas every step.
-
-    The kernels only read coefficient arrays, so sharing them is safe (CPU only: a CUDA copy made on
-    one stream could be read on another before it is filled). Made outside inference mode, so that a
-    tensor cached during inference can still be saved for a later backward.
-    """
-    with torch.inference_mode(False):
-        return torch.full((B,), value, dtype=dtype)
-
 
 def _kernels(x: Tensor):
     """The extension module for x's device, or None: run the reference (fp64 on CUDA, fallback)."""
     if x.device.type == "cuda" and x.dtype == torch.float64:
         return None  # the CUDA kernels have no float64 path; ref.py is exact there
-    return _ext.backend(x.device)
+    return _ext.kernels_for(x.device)
 
 
 # --- launching -----------------------------------------------------------------------------------------
@@ -153,7 +59,7 @@ def _sizes(x: Tensor) -> dict:
 
 def _run(device: torch.device, kernel: str, /, **args) -> None:
     """Calls kernel on device: CPU with torch's thread count, CUDA on the current stream."""
-    module = _ext.backend(device)
+    module = _ext.kernels_for(device)
     if module is None:
         raise RuntimeError(f"noisefast.ops: no fused kernels for {device} (see noisefast.build_info())")
     fn = getattr(module, kernel)
@@ -168,7 +74,7 @@ def _workspace(x: Tensor, kernel: str) -> Tensor | None:
     """Scratch for a reduction kernel on CUDA; the CPU kernels allocate their own (None)."""
     if x.device.type != "cuda":
         return None
-    nbytes = getattr(_ext.backend(x.device), f"{kernel}_workspace_bytes")(x.shape[0], _sizes(x)["N"])
+    nbytes = getattr(_ext.kernels_for(x.device), f"{kernel}_workspace_bytes")(x.shape[0], _sizes(x)["N"])
     return torch.empty(nbytes, dtype=torch.uint8, device=x.device)
 
 
@@ -274,19 +180,19 @@ def ddim_move(
     clamp of ±inf; the gradient through the clamped x̂₀ is 0).
     """
     op = "ddim_move"
-    _check_tensors(op, 1, x=x, model_out=model_out, model_out_uncond=model_out_uncond)
+    check_tensors(op, 1, x=x, model_out=model_out, model_out_uncond=model_out_uncond)
     if prediction_type not in ref.PREDICTION_TYPES:
         raise ValueError(f"{op}: prediction_type must be one of {ref.PREDICTION_TYPES}, got {prediction_type!r}")
     if clip_sample_range is not None:
         if isinstance(clip_sample_range, bool) or not isinstance(clip_sample_range, (int, float)):
             raise TypeError(f"{op}: clip_sample_range must be None or a float, got {type(clip_sample_range).__name__}")
-        if not _POSITIVE.scalar_ok(float(clip_sample_range)):
-            raise ValueError(f"{op}: clip_sample_range must be {_POSITIVE.text}; got {clip_sample_range!r}")
+        if not POSITIVE.scalar_ok(float(clip_sample_range)):
+            raise ValueError(f"{op}: clip_sample_range must be {POSITIVE.text}; got {clip_sample_range!r}")
         clip_sample_range = float(clip_sample_range)
     divides = prediction_type == "epsilon" and clip_sample_range is None  # x̂₀ = (x − √(1−a)·m)/√a, unclamped
-    a_from = _coef(op, "alpha_from", alpha_from, x, _UNIT_EPS_FROM if divides else _UNIT)
-    a_to = _coef(op, "alpha_to", alpha_to, x, _UNIT)
-    w = _coef(op, "guidance_scale", guidance_scale, x, _FINITE)
+    a_from = coef(op, "alpha_from", alpha_from, x, UNIT_EPS_FROM if divides else UNIT)
+    a_to = coef(op, "alpha_to", alpha_to, x, UNIT)
+    w = coef(op, "guidance_scale", guidance_scale, x, FINITE)
     if _kernels(x) is None:
         return ref.ddim_move(x, model_out, a_from, a_to, model_out_uncond=model_out_uncond, guidance_scale=w,
                              prediction_type=prediction_type, clip_sample_range=clip_sample_range)
@@ -302,7 +208,7 @@ def _cosine_impl(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     a, b = _contiguous(a, b)
     B = a.shape[0]
     cos = torch.empty(B, dtype=a.dtype, device=a.device)
-    stats = torch.empty(B, 3, dtype=_acc_dtype(a.dtype), device=a.device)
+    stats = torch.empty(B, 3, dtype=acc_dtype(a.dtype), device=a.device)
     workspace = _workspace(a, "cosine")  # referenced until the kernel has run
     _run(a.device, "cosine", cos=_ptr(cos), stats=_ptr(stats), a=_ptr(a), b=_ptr(b), workspace=_ptr(workspace),
          **_sizes(a))
@@ -314,7 +220,7 @@ _cosine_op = torch.library.custom_op("noisefast::cosine_similarity", _cosine_imp
 
 @_cosine_op.register_fake
 def _(a, b):
-    return a.new_empty(a.shape[0]), a.new_empty((a.shape[0], 3), dtype=_acc_dtype(a.dtype))
+    return a.new_empty(a.shape[0]), a.new_empty((a.shape[0], 3), dtype=acc_dtype(a.dtype))
 
 
 @torch.library.custom_op("noisefast::cosine_similarity_backward", mutates_args=())
@@ -351,7 +257,7 @@ def cosine_similarity(
     b: Tensor,  # [B, ...]
 ) -> Tensor:  # [B]
     """Per-sample ⟨a, b⟩ / max(‖a‖·‖b‖, 1e-12) over all non-batch dims in one pass; zero vectors give 0."""
-    _check_tensors("cosine_similarity", 2, a=a, b=b)
+    check_tensors("cosine_similarity", 2, a=a, b=b)
     if _kernels(a) is None:
         return ref.cosine_similarity(a, b)
     return (_cosine_impl if _direct(a, b) else _cosine_op)(a, b)[0]
@@ -393,7 +299,7 @@ def momentum_step_(
 ) -> Tensor:
     """v ← μ·v + g;  x ← x − lr·v  (Nesterov: x ← x − lr·(g + μ·v)); optionally x ← x·ρ/‖x‖. Returns x."""
     op = "momentum_step_"
-    _check_tensors(op, 1, x=x, grad=grad, velocity=velocity)
+    check_tensors(op, 1, x=x, grad=grad, velocity=velocity)
     if not torch.compiler.is_compiling() and x.numel():
         px, pg, pv = x.data_ptr(), grad.data_ptr(), velocity.data_ptr()
         if px == pg or px == pv or pg == pv:
@@ -402,8 +308,8 @@ def momentum_step_(
         raise TypeError(f"{op}: momentum must be a float, got {type(momentum).__name__}")
     if not math.isfinite(momentum):
         raise ValueError(f"{op}: momentum must be finite, got {momentum!r}")
-    lr_t = _coef(op, "lr", lr, x, _FINITE)
-    renorm_t = None if renorm is None else _coef(op, "renorm", renorm, x, _POSITIVE)
+    lr_t = coef(op, "lr", lr, x, FINITE)
+    renorm_t = None if renorm is None else coef(op, "renorm", renorm, x, POSITIVE)
     if _kernels(x) is None:
         return ref.momentum_step_(x, grad, velocity, lr=lr_t, momentum=float(momentum), nesterov=bool(nesterov),
                                   renorm=renorm_t)
