@@ -55,6 +55,20 @@ def test_unet_denoiser_plain_cross_attention_unet():
         assert torch.equal(den(x, torch.tensor([10, 20, 30]), cond), unet(x, torch.tensor([10, 20, 30]), cond.prompt_embeds.expand(3, 5, 64)).sample)
 
 
+def test_unet_denoiser_follows_the_unet_when_it_moves():
+    """device/dtype are read from diffusers once per placement (each read walks every submodule), and read
+    again after ``unet.to(...)``: the denoiser then feeds the UNet in its new dtype."""
+    unet = tiny_unet()
+    den = UNetDenoiser(unet)
+    x, cond = torch.randn(1, 4, 8, 8), tiny_condition(batch=1, seed=2)
+    assert den.dtype == torch.float32
+    unet.to(torch.float64)
+    assert den.dtype == torch.float64 and den.device == unet.device
+    with torch.inference_mode():
+        out = den(x, 10, cond)  # float32 in: cast to the UNet's float64, back to float32
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
 def test_unet_denoiser_bad_input(tiny_denoiser):
     cond = tiny_condition(batch=2)
     with pytest.raises(ValueError, match=r"\[B, 4, H, W\].*\(2, 3, 8, 8\)"):

@@ -34,6 +34,7 @@ class UNetDenoiser:
             )
         self.unet = unet
         self.text_time = embed_type == "text_time"
+        self._placement: tuple | None = None  # (first parameter's device, dtype) → (UNet device, dtype)
 
     @property
     def in_channels(self) -> int:
@@ -44,13 +45,26 @@ class UNetDenoiser:
         """The UNet's default latent size (``config.sample_size``)."""
         return self.unet.config.sample_size
 
+    def _placed(self) -> tuple[torch.device, torch.dtype]:
+        """diffusers' ``unet.device``/``unet.dtype`` (which honour offloading hooks), read once per placement.
+
+        In diffusers ≥ 0.3x each read walks every submodule looking for offload hooks (~3 ms on a tiny UNet,
+        measured: 42 reads per 8-seed score took 15 % of the run). The first parameter's device and dtype are
+        an O(1) key: a ``.to()`` of the UNet changes it and the values are read again.
+        """
+        first = next(self.unet.parameters(), None)
+        key = None if first is None else (first.device, first.dtype)
+        if self._placement is None or self._placement[0] != key or key is None:
+            self._placement = (key, (self.unet.device, self.unet.dtype))
+        return self._placement[1]
+
     @property
     def dtype(self) -> torch.dtype:
-        return self.unet.dtype
+        return self._placed()[1]
 
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        return self._placed()[0]
 
     def __call__(
         self,
@@ -63,12 +77,13 @@ class UNetDenoiser:
                 f"latent must be [B, {self.in_channels}, H, W] for this UNet, got shape {tuple(x.shape)}"
             )
         B = x.shape[0]
-        t = torch.as_tensor(t, device=self.device)
+        device, dtype = self._placed()
+        t = torch.as_tensor(t, device=device)
         if t.ndim == 0:
             t = t.expand(B)
         if t.shape != (B,):
             raise ValueError(f"timesteps must be [B={B}] or a scalar, got shape {tuple(t.shape)}")
-        cond = cond.expand(B).to(device=self.device, dtype=self.dtype)
+        cond = cond.expand(B).to(device=device, dtype=dtype)
         kwargs = {}
         if self.text_time:
             if cond.pooled_prompt_embeds is None or cond.time_ids is None:
@@ -77,7 +92,7 @@ class UNetDenoiser:
                 )
             kwargs["added_cond_kwargs"] = {"text_embeds": cond.pooled_prompt_embeds, "time_ids": cond.time_ids}
         out = self.unet(
-            x.to(device=self.device, dtype=self.dtype),
+            x.to(device=device, dtype=dtype),
             t,
             encoder_hidden_states=cond.prompt_embeds,
             return_dict=False,
