@@ -18,6 +18,9 @@ DEFAULT_MOMENTUM = 0.5
 # Algorithm 1: K candidates; how many rows go through the UNet at once when nothing else is said.
 DEFAULT_NUM_CANDIDATES = 100
 DEFAULT_BATCH_SIZE = 8
+# Pixel models (builtin:digits, 8×8) are tiny: at 8 rows a UNet call is mostly per-call overhead. Measured on
+# the 2-core CPU, 100 seeds at 10+10 steps: 11.0 s at 8 rows, 5.6 s at 32, 4.2 s at 100 (2026-12-04).
+PIXEL_BATCH_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class ModelDefaults:
     optimize_lr: float = DEFAULT_LR  # Algorithm 2's learning rate (the paper's 100, for SDXL latents)
     optimize_renorm: bool = False  # project ε back to ‖ε‖ = √D after each step
     max_side: int = 2048  # the largest height/width accepted (pixels): beyond it the model is out of its range
+    batch_size: int = DEFAULT_BATCH_SIZE  # rows per UNet batch at the default size (larger sizes: DEFAULT_BATCH_SIZE)
 
 
 # SDXL: 50 DDIM steps at 1024², CFG 5.5 (the paper's SDXL setting), conditional-only inversion.
@@ -48,6 +52,7 @@ DEFAULT_INVERSION_GUIDANCE_SCALE = SDXL_DEFAULTS.inversion_guidance_scale
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
+    "PIXEL_BATCH_SIZE",
     "DEFAULT_GUIDANCE_SCALE",
     "DEFAULT_INVERSION_GUIDANCE_SCALE",
     "DEFAULT_ITERATIONS",

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from noisefast.builtin import PREFIX as BUILTIN_PREFIX
-from noisefast.defaults import DEFAULT_LR, FAMILY_DEFAULTS, ModelDefaults
+from noisefast.defaults import DEFAULT_LR, FAMILY_DEFAULTS, PIXEL_BATCH_SIZE, ModelDefaults
 from noisefast.errors import InputError, ModelError
 
 PIXEL_MODEL_FILE = "noisefast_model.json"
@@ -262,6 +262,7 @@ def _load_pixel(spec, folder, device, dtype, family) -> LoadedModel:
         optimize_lr=float(card.get("default_optimize", {}).get("lr", DEFAULT_LR)),
         optimize_renorm=bool(card.get("default_optimize", {}).get("renorm", False)),
         max_side=int(card.get("max_side", PIXEL_MAX_SIDE)),
+        batch_size=int(card.get("default_batch_size", PIXEL_BATCH_SIZE)),
     )
     return LoadedModel(
         kind="pixel", source=spec, folder=folder, defaults=defaults, unet=parts.unet, vae=None,

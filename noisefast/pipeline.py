@@ -152,8 +152,12 @@ class Engine:
         return (int(self.model.unet.config.in_channels), s.height // f, s.width // f)
 
     def batch_size_for(self, s: Settings) -> int:
-        """Rows per UNet batch for ``s``, after checking a batch that size fits the device's memory."""
-        rows = s.batch_size or DEFAULT_BATCH_SIZE
+        """Rows per UNet batch for ``s``, after checking a batch that size fits the device's memory.
+
+        Default: the model's (``defaults.batch_size``) at up to its default image area, else ``DEFAULT_BATCH_SIZE``.
+        """
+        d = self.defaults
+        rows = s.batch_size or (d.batch_size if s.height * s.width <= d.height * d.width else DEFAULT_BATCH_SIZE)
         check_fits_memory(rows, self.latent_shape(s), int(self.model.unet.config.block_out_channels[0]), self.dtype,
                           self.device, cfg=self._with_negative(s))  # fmt: skip
         return rows

@@ -178,7 +178,7 @@ def add_settings_arguments(p: argparse.ArgumentParser) -> None:
                         "default), 0 = unconditional (Z-Sampling), other values run both halves")  # fmt: skip
     g.add_argument("--height", type=positive_int, help="image height in pixels (a multiple of 8 for SDXL)")
     g.add_argument("--width", type=positive_int, help="image width in pixels (a multiple of 8 for SDXL)")
-    g.add_argument("--batch-size", type=positive_int, help="rows per UNet batch (default: 8)")
+    g.add_argument("--batch-size", type=positive_int, help="rows per UNet batch (default: the model's — 8 for SDXL, 64 for builtin:digits)")
 
 
 def add_output_arguments(p: argparse.ArgumentParser, *, images: bool = True) -> None:

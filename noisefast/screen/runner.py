@@ -55,8 +55,8 @@ class LocalExecutor:
     def describe(self, overrides: dict) -> tuple[dict, dict]:
         """The model facts and the resolved settings (a dict, batch size included) for ``overrides``."""
         s = self.engine.settings(**overrides)
-        self.engine.batch_size_for(s)  # refuses a batch that cannot fit before any work
-        return self.engine.describe(), s.as_dict()
+        rows = self.engine.batch_size_for(s)  # refuses a batch that cannot fit before any work
+        return self.engine.describe(), s.as_dict() | {"batch_size": rows}  # the rows per batch in effect
 
     def run(self, tasks: Iterable[tuple[Shard, ShardTask]],
             on_rows: Callable[[int], None]) -> Iterator[tuple[Shard, np.ndarray]]:  # fmt: skip
