@@ -94,8 +94,9 @@ def main() -> None:
     Path(a.out + ".json").write_text(json.dumps(out, indent=2) + "\n")
     md = [f"`noisefast screen` throughput, builtin:digits, {len(prompts)} prompts × {len(seeds)} seeds = {rows} rows, "
           f"DDIM {s.steps}+{s.inversion_steps}, batch {a.batch}, 1 torch thread; {out['date']}; "
-          f"{os.cpu_count()} cores, load average (1 min) {', '.join(f'{x[0]:.1f}' for x in loads)} during the runs "
-          f"(shared, loaded machine: ratios are indicative).", "",
+          f"{os.cpu_count()} cores, load average (1 min) {', '.join(f'{x[0]:.1f}' for x in loads)} during the runs"
+          + (" (shared, loaded machine: ratios are indicative)." if max(x[0] for x in loads) > 1.5 else
+             " (idle but for this run)."), "",
           "| variant | wall s | rows/s (wall) | rows/s (scoring only) |", "|---|---:|---:|---:|"]
     for k, v in res.items():
         md.append(f"| {k} | {v['wall_s']:.1f} | {v['rows_per_s']:.2f} | {v.get('rows_per_s_scoring', float('nan')):.2f} |")
