@@ -100,7 +100,7 @@ def main() -> None:
         f"recall of true top-{a.top} in proxy top-{m} mean (min) | cost vs full, M={m}" for m in ms) + " |"
     md = [f"Cascade on builtin:digits: {len(prompts)} prompts × {a.seeds} seeds, full = {full_steps}+{full_steps} "
           f"steps; {result['date']}; load average {load0[0]:.1f} → {result['load_average_end'][0]:.1f} on "
-          f"{os.cpu_count()} cores (shared machine); 1 torch thread.", "", hdr,
+          f"{os.cpu_count()} cores; 1 torch thread.", "", hdr,
           "|" + "---|" * (2 + 2 * len(ms))]
     for r in rows:
         cells = [f"{r['proxy_steps']}+{r['proxy_steps']}", f"{r['spearman_mean']:.3f} ({r['spearman_min']:.3f})"]
