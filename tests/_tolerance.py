@@ -96,3 +96,21 @@ def unet_rel_tolerance(guidance: float = 0.0, *, runs: int = 2) -> float:
     noisefast, batched vs chunked): ``runs · UNET_ULPS · eps32 · (1 + |w|)``. DDIM is contractive along the
     loop, so the per-step relative error does not grow with the number of steps."""
     return runs * UNET_ULPS * EPS[torch.float32] * (1 + abs(guidance))
+
+
+def float64_denoiser(den):
+    """A float64 twin of a `UNetDenoiser` (a deep copy of its UNet): ``reference64`` for its float32 runs."""
+    import copy
+
+    from noisefast.denoisers.unet import UNetDenoiser
+
+    return UNetDenoiser(copy.deepcopy(den.unet).double())
+
+
+def assert_denoiser_close(actual: torch.Tensor, den, den64, x: torch.Tensor, t, cond, *, name: str = "") -> None:
+    """Rule 1 for one UNet call: ``actual`` (another runtime's output for (x, t, cond): ONNX Runtime,
+    torch.compile) may be at most twice as far from the float64 UNet as torch's own float32 UNet ``den``."""
+    with torch.no_grad():
+        ref = den(x, t, cond)
+        ref64 = den64(x.double(), t, cond.to(dtype=torch.float64))
+    assert_close_to_reference(actual, ref, ref64, name=name)

@@ -67,6 +67,14 @@ def tiny_denoiser(tiny_unet_loaded):
 
 
 @pytest.fixture(scope="session")
+def tiny_denoiser64(tiny_denoiser):
+    """The same UNet in float64: the reference of the flash-rule tolerances (tests/_tolerance.py)."""
+    from _tolerance import float64_denoiser
+
+    return float64_denoiser(tiny_denoiser)
+
+
+@pytest.fixture(scope="session")
 def tiny_sdxl_folder(tmp_path_factory):
     """A folder holding a complete tiny StableDiffusionXLPipeline (DDIMScheduler with SDXL's settings)."""
     from noisefast.testing import tiny_sdxl_pipeline
