@@ -82,6 +82,11 @@ def stock_sdxl_latents64(pipe, prompt: str, seed: int, *, height: int, width: in
                 num_inference_steps=steps, guidance_scale=guidance, output_type="latent").images
 
 
+# torch.autograd.gradcheck in float64 on the kernels (O(1) smooth functions of O(1) inputs): central differences
+# with h = 1e-6 err by rounding ≈ eps64·|f|/h ≈ 1e-10 and truncation ≈ h²·|f‴|/6 ≈ 1e-13; atol 1e-8 / rtol 1e-6
+# leave two orders of magnitude over that (torch's defaults, 1e-5 / 1e-3, would hide small gradient bugs).
+GRADCHECK_F64 = dict(eps=1e-6, atol=1e-8, rtol=1e-6)
+
 # Two float64 runs of the same operations that differ only in batching, chunking or summation order: each
 # output is a reassociation of at most ~10⁴ roundings of size eps64 (1.1e-16) on O(1) values → 1e-12.
 F64_SAME_OPS = dict(rtol=1e-12, atol=1e-12)

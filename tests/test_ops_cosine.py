@@ -6,6 +6,7 @@ import pytest
 import torch
 from _ops_helpers import (DEVICES, assert_flash_close, over_devices_dtypes_shapes, randn, requires_extension,
                           skip_unsupported)
+from _tolerance import GRADCHECK_F64
 
 from noisefast import ops, ref
 
@@ -50,7 +51,7 @@ def test_gradcheck_float64():
     a, b = pair((3, 2, 3, 4), torch.float64, "cpu", seed=5)
     a.requires_grad_(True)
     b.requires_grad_(True)
-    assert torch.autograd.gradcheck(ops.cosine_similarity, (a, b), eps=1e-6, atol=1e-8, rtol=1e-6)
+    assert torch.autograd.gradcheck(ops.cosine_similarity, (a, b), **GRADCHECK_F64)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from _ops_helpers import (DEVICES, assert_flash_close, over_devices_dtypes_shapes, rand_per_sample, randn,
                           requires_extension, skip_unsupported, to64)
+from _tolerance import GRADCHECK_F64
 
 from noisefast import ops, ref
 
@@ -104,7 +105,7 @@ def test_gradcheck_float64(config):
         return ops.ddim_move(x, m_c, a_from, a_to, model_out_uncond=m_u_opt[0] if m_u_opt else None, **kwargs)
 
     inputs = (x, m_c) if m_u is None else (x, m_c, m_u)
-    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-8, rtol=1e-6)
+    assert torch.autograd.gradcheck(fn, inputs, **GRADCHECK_F64)
 
 
 @pytest.mark.parametrize("device", DEVICES)
