@@ -59,7 +59,7 @@ UNIT = Range("in [0, 1]", 0.0, 1.0, lo_open=False)  # ᾱ = 0: the zero-terminal
 # epsilon prediction without clipping: x̂₀ = (x − √(1−a)·m)/√a is a division by √a, so a = ᾱ_from must be > 0
 # (diffusers returns ±inf there). With clipping the clamp bounds x̂₀ to ±r and the move stays defined.
 UNIT_EPS_FROM = Range("in (0, 1]", 0.0, 1.0, lo_open=True,
-                        why="epsilon prediction without clipping divides by √ᾱ_from: x̂₀ = (x − √(1−ᾱ)·m)/√ᾱ")
+                      why="epsilon prediction without clipping divides by √ᾱ_from: x̂₀ = (x − √(1−ᾱ)·m)/√ᾱ")
 FINITE = Range("finite", -math.inf, math.inf, lo_open=False)
 POSITIVE = Range("finite and > 0", 0.0, math.inf, lo_open=True)
 

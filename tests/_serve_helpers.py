@@ -66,5 +66,14 @@ class Gate:
             await asyncio.sleep(0.005)
 
 
+async def hold_worker(c, seeds):
+    """A first /v1/score request of ``seeds`` whose batch holds the worker inside the UNet until ``gate.open_``
+    is set: (gate, the request's task). What is posted next waits in the queue."""
+    gate = Gate(c.service.batcher)
+    first = asyncio.create_task(c.post("/v1/score", json=body(seeds=list(seeds))))
+    await gate.wait_entered()
+    return gate, first
+
+
 def body(prompt=P3, seeds=None, **kw):
     return {"prompt": prompt, "seeds": list(range(6)) if seeds is None else seeds, "settings": FAST} | kw

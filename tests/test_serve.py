@@ -15,7 +15,7 @@ import torch
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from _serve_helpers import FAST, P3, P7, Gate, body, engine, run, served  # noqa: E402, F401
+from _serve_helpers import FAST, P3, P7, body, engine, hold_worker, run, served  # noqa: E402, F401
 
 
 # --- every endpoint equals the Engine -------------------------------------------------------------------------
@@ -114,9 +114,7 @@ def test_requests_of_different_prompts_share_batches(engine):
 def test_groups_take_turns(engine):
     async def go():
         async with served(engine, max_batch=4, max_wait_ms=0) as c:
-            gate = Gate(c.service.batcher)
-            big = asyncio.create_task(c.post("/v1/score", json=body(seeds=list(range(32)))))
-            await gate.wait_entered()
+            gate, big = await hold_worker(c, range(32))
             other = asyncio.create_task(c.post("/v1/score", json=body(seeds=[1, 2], settings={"steps": 3, "inversion_steps": 2})))
             await asyncio.sleep(0.05)
             gate.open_.set()
@@ -133,9 +131,7 @@ def test_groups_take_turns(engine):
 def test_timeout_504_and_disconnect_drop_queued_rows(engine):
     async def go():
         async with served(engine, max_batch=4, max_wait_ms=0, request_timeout_s=0.3) as c:
-            gate = Gate(c.service.batcher)
-            first = asyncio.create_task(c.post("/v1/score", json=body(seeds=[0, 1, 2, 3])))
-            await gate.wait_entered()
+            gate, first = await hold_worker(c, [0, 1, 2, 3])
             second = await c.post("/v1/score", json=body(seeds=[4, 5, 6, 7]))  # queued behind the gate: 504
             # a client that leaves: raw ASGI, the disconnect arrives right after the body
             sent = []
@@ -170,9 +166,7 @@ def test_timeout_504_and_disconnect_drop_queued_rows(engine):
 def test_queue_full_429_with_retry_after(engine):
     async def go():
         async with served(engine, max_batch=4, max_wait_ms=0, max_queue_rows=8) as c:
-            gate = Gate(c.service.batcher)
-            first = asyncio.create_task(c.post("/v1/score", json=body(seeds=[0, 1, 2, 3])))
-            await gate.wait_entered()
+            gate, first = await hold_worker(c, [0, 1, 2, 3])
             second = asyncio.create_task(c.post("/v1/score", json=body(seeds=list(range(4, 12)))))
             while c.service.batcher.queue_rows() < 8:
                 await asyncio.sleep(0.005)
