@@ -4,9 +4,13 @@ Baselines (`bench.diffusers_users.pipeline_scores`), with the prompt encoded onc
   diffusers_user     per seed: one ``StableDiffusionXLPipeline(prompt, generator=Generator("cpu").manual_seed(s),
                      output_type="latent")`` call (DDIMScheduler), a ``DDIMInverseScheduler`` loop, the cosine
   diffusers_batched  ``--batch`` seeds per pipeline call (``num_images_per_prompt``, one generator per seed, so
-                     each row is that seed's draw), one batched inversion loop, the cosine per row — the
-                     strongest baseline; the headline ``ratio`` is against it (``ratio_vs`` has both)
-noisefast: the prompt encoded once, ``stability_score`` over all seeds, ``--batch`` candidates per chunk.
+                     each row is that seed's draw), one batched inversion loop, the cosine per row
+  diffusers_batched_compile  the same with ``pipe.unet = torch.compile(pipe.unet)`` (compiled in the untimed
+                     warm-up) — the strongest a careful user writes; the headline ``ratio`` is against the
+                     fastest baseline (``ratio_vs`` has each)
+noisefast: the prompt encoded once, ``stability_score`` over all seeds, ``--batch`` candidates per chunk, on the
+``auto`` backend (the default; its decision is taken in the untimed warm-up, in a fresh cache folder, and
+reported) — ``noisefast_torch`` is the same on eager torch.
 Same tiny random SDXL pipeline (saved and loaded back), same steps and guidance, same CPU, one process; one
 untimed warm-up each, then ``--repeats`` round-robin timed runs; medians reported. The scores must agree
 (``score_diff_vs_noisefast`` against ``score_tolerance``, `bench.common.score_tolerance`).
@@ -31,9 +35,9 @@ from bench.common import command_line, machine_info, measure_ways, score_toleran
 from bench.diffusers_users import pipeline_scores  # noqa: E402
 
 
-def noisefast_scores(pipe, prompt, seeds, steps, inversion_steps, guidance, inversion_guidance, height, width, batch):
-    """Encode once, then batched, chunked `stability_score` over the seeds' noise."""
-    from noisefast.denoisers.unet import UNetDenoiser
+def noisefast_scores(den, pipe, prompt, seeds, steps, inversion_steps, guidance, inversion_guidance, height, width,
+                     batch):
+    """Encode once, then batched, chunked `stability_score` over the seeds' noise on denoiser ``den``."""
     from noisefast.prompts import SDXLPromptEncoder
     from noisefast.schedule import DDIMSchedule
     from noisefast.seeds import noise_from_seeds
@@ -44,13 +48,13 @@ def noisefast_scores(pipe, prompt, seeds, steps, inversion_steps, guidance, inve
     shape = (pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
     noise = noise_from_seeds(seeds, shape, dtype=cond.prompt_embeds.dtype)
     with torch.inference_mode():
-        return stability_score(UNetDenoiser(pipe.unet), sched, noise, cond, guidance, inversion_guidance,
-                               max_batch=batch)
+        return stability_score(den, sched, noise, cond, guidance, inversion_guidance, max_batch=batch)
 
 
 def run(seeds=16, steps=4, inversion_steps=None, guidance=5.0, inversion_guidance=1.0, size=128, batch=16, repeats=3,
-        prompt="a red fox in the snow"):
-    """Measure the three ways in this process; returns a JSON-ready dict."""
+        prompt="a red fox in the snow", compile_baseline=True):
+    """Measure every way in this process; returns a JSON-ready dict."""
+    from noisefast.denoisers.backends import make_denoiser
     from noisefast.testing import tiny_sdxl_pipeline
 
     inversion_steps = inversion_steps or steps
@@ -59,18 +63,27 @@ def run(seeds=16, steps=4, inversion_steps=None, guidance=5.0, inversion_guidanc
         pipe = tiny_sdxl_pipeline(folder)
     kw = dict(steps=steps, inversion_steps=inversion_steps, guidance=guidance, inversion_guidance=inversion_guidance,
               height=size, width=size)
+    cache = tempfile.TemporaryDirectory(prefix="noisefast-bench-cache-")
+    auto, eager = make_denoiser(pipe.unet, "auto", cache_dir=cache.name), make_denoiser(pipe.unet, "torch")
+    nf_args = (pipe, prompt, seed_list, steps, inversion_steps, guidance, inversion_guidance, size, size, batch)
     ways = {
         "diffusers_user": lambda: pipeline_scores(pipe, prompt, seed_list, batch=1, **kw),
         "diffusers_batched": lambda: pipeline_scores(pipe, prompt, seed_list, batch=batch, **kw),
-        "noisefast": lambda: noisefast_scores(pipe, prompt, seed_list, steps, inversion_steps, guidance,
-                                              inversion_guidance, size, size, batch),
+        "noisefast": lambda: noisefast_scores(auto, *nf_args),
+        "noisefast_torch": lambda: noisefast_scores(eager, *nf_args),
     }
-    res = measure_ways(ways, seeds=seeds, repeats=repeats,
-                       tolerance=score_tolerance(pipe.unet.dtype, steps + inversion_steps))
+    if compile_baseline:
+        ways["diffusers_batched_compile"] = lambda: pipeline_scores(pipe, prompt, seed_list, batch=batch,
+                                                                    compile_unet=True, **kw)
+    with cache:
+        res = measure_ways(ways, seeds=seeds, repeats=repeats,
+                           tolerance=score_tolerance(pipe.unet.dtype, steps + inversion_steps))
+        res["noisefast_backend"] = auto.describe()
     return {
         "benchmark": "scoring_throughput",
         "baseline": "StableDiffusionXLPipeline(output_type='latent') + DDIMInverseScheduler loop: per seed "
-                    f"(diffusers_user) and {batch} seeds per call (diffusers_batched)",
+                    f"(diffusers_user), {batch} seeds per call (diffusers_batched)"
+                    + (", the same with torch.compile(pipe.unet) (diffusers_batched_compile)" if compile_baseline else ""),
         "model": f"tiny random SDXL pipeline (noisefast.testing), latents 4x{size // 8}x{size // 8}",
         "settings": dict(seeds=seeds, steps=steps, inversion_steps=inversion_steps, guidance=guidance,
                          inversion_guidance=inversion_guidance, height=size, width=size, batch=batch, repeats=repeats),

@@ -14,6 +14,12 @@ Parts (each reuses the measuring code of its bench/ module):
   3. optimize  seconds per iteration and memory of Algorithm 2, checkpointed vs plain autograd (bench_optimize)
   4. unet      UNet-call time and achieved TFLOP/s vs a matmul peak measured in the same run (compare_unet);
                GPU: full-size SDXL UNet fp16 at 512² and 1024², batch 1, 8, 32, within --budget-s
+  5. digits    the quick start's model end to end (bench.compare_digits): noisefast auto vs eager torch at the
+               CLI's defaults, idle and beside a competing CPU-bound process; optimization s/iteration on ONNX
+               Runtime forward + torch backward vs all-torch
+  6. realscale opt-in (``--parts realscale``, minutes, ~14 GB): the full-size SDXL UNet with random weights at 512²,
+               1+1 steps, batch 2, no CFG on CPU — eager / ONNX Runtime / compile per call, a stability score
+               each, the external-data export and its ORT parity (bench.realscale)
 Every number is kept with its spread (median, quartiles, min, max, n) in the JSON; the markdown shows medians.
 A part that fails is recorded with its error and the others still run (exit status 1 then).
 """
@@ -31,7 +37,8 @@ import torch
 from bench.common import command_line, machine_info, summarize, write_json, write_text
 from bench.compare_report import markdown
 
-PARTS = ("kernels", "scoring", "optimize", "unet")
+PARTS = ("kernels", "scoring", "optimize", "unet", "digits")
+OPT_IN_PARTS = ("realscale",)  # minutes and ~14 GB: only when named in --parts
 TURBO = {"timestep_spacing": "trailing"}  # SDXL-Turbo's scheduler = SDXL's with trailing spacing
 
 
@@ -77,7 +84,8 @@ def scoring_part(device: str, quick: bool, unet=None) -> dict:
                              repeats=repeats)
     pipe.pop("benchmark", None)
     loop = scoring_unet_loop(tiny_unet(), SDXL_SCHEDULER_CONFIG, seeds=seeds, pixels=64, steps=steps,
-                             inversion_steps=steps, guidance=5.0, inversion_guidance=1.0, batch=seeds, repeats=repeats)
+                             inversion_steps=steps, guidance=5.0, inversion_guidance=1.0, batch=seeds, repeats=repeats,
+                             backend="auto", compile_baseline=True)
     return {"runs": [pipe, loop], "ratio": min(pipe["ratio"], loop["ratio"])}
 
 
@@ -141,6 +149,26 @@ def unet_part(device: str, quick: bool, unet=None, budget_s: float = 240.0, comp
     return {"model": model, "matmul_peak": peak, "rows": rows, "skipped": skipped, "budget_s": budget_s}
 
 
+# --- 5. the built-in model end to end; 6. the full-size SDXL UNet on CPU (opt-in) ------------------------
+
+
+def digits_part(device: str, quick: bool) -> dict:
+    from bench import compare_digits
+
+    if device != "cpu":
+        return {"skipped": "the built-in model's comparison is a CPU measurement"}
+    return compare_digits.run(seeds=64 if quick else 200, repeats=2 if quick else 3, contention=(0,) if quick else (0, 1),
+                              iterations=2 if quick else 5)
+
+
+def realscale_part(device: str) -> dict:
+    from bench import realscale
+
+    if device != "cpu":
+        return {"skipped": "the real-scale part measures the CPU (on a GPU: bench/gpu_check.sh)"}
+    return realscale.run()
+
+
 # --- the run ----------------------------------------------------------------------------------------------
 
 
@@ -173,9 +201,9 @@ def run(device: str, quick: bool, parts=PARTS, budget_s: float = 240.0, compile_
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA device here")
     parts = list(parts)
-    unknown = set(parts) - set(PARTS)
+    unknown = set(parts) - set(PARTS) - set(OPT_IN_PARTS)
     if unknown:
-        raise ValueError(f"unknown parts {sorted(unknown)}; choose from {PARTS}")
+        raise ValueError(f"unknown parts {sorted(unknown)}; choose from {PARTS + OPT_IN_PARTS}")
     result = {"benchmark": "noisefast.compare", "command": command_line(), "machine": machine_info(),
               "settings": dict(device=device, quick=quick, parts=list(parts), budget_s=budget_s, compile=compile_)}
     if optimize_steps:
@@ -192,7 +220,8 @@ def run(device: str, quick: bool, parts=PARTS, budget_s: float = 240.0, compile_
         result["settings"]["model_build_s"] = time.perf_counter() - t0
     funcs = {"kernels": lambda: kernels_part(device, quick), "scoring": lambda: scoring_part(device, quick, unet),
              "optimize": lambda: optimize_part(device, quick, unet, optimize_steps),
-             "unet": lambda: unet_part(device, quick, unet, budget_s, compile_)}
+             "unet": lambda: unet_part(device, quick, unet, budget_s, compile_),
+             "digits": lambda: digits_part(device, quick), "realscale": lambda: realscale_part(device)}
     for part in parts:
         print(f"[compare] {part} on {device}{' (quick)' if quick else ''} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
@@ -219,7 +248,8 @@ def main(argv=None) -> int:
     p.add_argument("--md", required=True, help="write the markdown tables here")
     p.add_argument("--quick", action="store_true", help="small sizes and few repeats (a minute or two on a CPU)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+    p.add_argument("--parts", default=",".join(PARTS),
+                   help=f"comma-separated subset of {','.join(PARTS)}; opt-in: {','.join(OPT_IN_PARTS)}")
     p.add_argument("--budget-s", type=float, default=240.0, help="time budget of part 4 (UNet calls), seconds")
     p.add_argument("--compile", action="store_true", help="part 4 on CUDA: also torch.compile at 1024², batch 8")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")

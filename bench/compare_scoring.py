@@ -5,13 +5,16 @@ loop inside ``StableDiffusionXLPipeline.__call__`` with ``output_type="latent"``
 ``DDIMInverseScheduler`` loop, then the cosine with the seed's noise):
 
   diffusers_user      one seed at a time (what the pipeline's documentation shows)
-  diffusers_batched   ``batch`` seeds at a time (one CPU generator per seed: each row is that seed's draw) —
-                      the strongest baseline a careful user writes; the headline ratio is against it
+  diffusers_batched   ``batch`` seeds at a time (one CPU generator per seed: each row is that seed's draw)
+  diffusers_batched_compile  the same with ``torch.compile(unet)`` (``compile_baseline``; compiled in the
+                      untimed warm-up) — the strongest a careful user writes
+The headline ratio is against the fastest baseline.
 
 The prompt embeddings are random tensors of the right shapes, made once (as if encoded once, outside the
 loop — generous to the baselines). noisefast runs `stability_score` on all seeds' noise, ``batch`` at a time,
-with the same UNet, condition, scheduler settings and dtype. With ``compile_unet`` noisefast uses the compile
-backend and every baseline ``torch.compile``s its UNet the same way. All are timed round-robin, whole runs; the
+with the same UNet, condition, scheduler settings and dtype, on ``backend`` (``"auto"``: decided in the untimed
+warm-up in a fresh cache folder, and reported; ``noisefast_torch`` is then eager torch beside it). With
+``compile_unet`` noisefast uses the compile backend and every baseline ``torch.compile``s its UNet the same way. All are timed round-robin, whole runs; the
 scores of every baseline are compared with noisefast's against `bench.common.score_tolerance`.
 """
 
@@ -43,13 +46,16 @@ def noisefast_scores(den, scheduler_config: dict, seeds, cond, *, pixels: int, s
 
 def scoring_unet_loop(unet, scheduler_config: dict, *, seeds: int, pixels: int, steps: int, inversion_steps: int,
                       guidance: float, inversion_guidance: float, batch: int, repeats: int, compile_unet: bool = False,
-                      per_seed: bool = True, extra_ways: dict | None = None, cond=None) -> dict:
+                      per_seed: bool = True, extra_ways: dict | None = None, cond=None, backend: str = "torch",
+                      compile_baseline: bool = False) -> dict:
     """noises/s of the diffusers users and noisefast (one untimed run each, then ``repeats`` round-robin runs).
 
     ``extra_ways``: more named zero-argument scorers of ``seeds`` seeds to time in the same rounds (noisefast with
     fast-path options: names start with ``"noisefast"``; more baselines: with ``"diffusers"``). ``per_seed=False``
     drops the per-seed user (when K UNet calls of batch 1 do not fit the time budget).
     """
+    import tempfile
+
     from bench.compare_unet import random_condition
     from noisefast.denoisers.backends import make_denoiser
 
@@ -60,24 +66,37 @@ def scoring_unet_loop(unet, scheduler_config: dict, *, seeds: int, pixels: int, 
     kw = dict(pixels=pixels, steps=steps, inversion_steps=inversion_steps, guidance=guidance,
               inversion_guidance=inversion_guidance)
     seed_list = list(range(seeds))
-    den = make_denoiser(unet, "compile" if compile_unet else "torch")
+    cache = tempfile.TemporaryDirectory(prefix="noisefast-bench-cache-")
+    backend = "compile" if compile_unet else backend
+    den = make_denoiser(unet, backend, **({} if backend == "torch" else {"cache_dir": cache.name}))
     base = dict(compile_unet=compile_unet, **kw)
     ways = {}
     if per_seed:
         ways["diffusers_user"] = lambda: unet_loop_scores(unet, scheduler_config, seed_list, cond, batch=1, **base)
     ways["diffusers_batched"] = lambda: unet_loop_scores(unet, scheduler_config, seed_list, cond, batch=batch, **base)
+    if compile_baseline and not compile_unet:
+        ways["diffusers_batched_compile"] = lambda: unet_loop_scores(unet, scheduler_config, seed_list, cond,
+                                                                     batch=batch, **{**base, "compile_unet": True})
     ways["noisefast"] = lambda: noisefast_scores(den, scheduler_config, seed_list, cond, batch=batch, **kw)
+    if backend == "auto":
+        eager = make_denoiser(unet, "torch")
+        ways["noisefast_torch"] = lambda: noisefast_scores(eager, scheduler_config, seed_list, cond, batch=batch, **kw)
     ways.update(extra_ways or {})
-    res = measure_ways(ways, seeds=seeds, repeats=repeats, device=device,
-                       tolerance=score_tolerance(unet.dtype, steps + inversion_steps))
+    with cache:
+        res = measure_ways(ways, seeds=seeds, repeats=repeats, device=device,
+                           tolerance=score_tolerance(unet.dtype, steps + inversion_steps))
+        if backend == "auto":
+            res["noisefast_backend"] = den.describe()
     return {
         "baseline": "UNet + DDIMScheduler loop, then UNet + DDIMInverseScheduler loop (random prompt embeddings): "
                     + ("per seed (diffusers_user) and " if per_seed else "")
-                    + f"{batch} seeds per batch (diffusers_batched)" + (", torch.compile" if compile_unet else ""),
+                    + f"{batch} seeds per batch (diffusers_batched)" + (", torch.compile" if compile_unet else "")
+                    + (", the same with torch.compile (diffusers_batched_compile)" if compile_baseline else ""),
         "model": f"UNet2DConditionModel ({sum(p.numel() for p in unet.parameters()) / 1e6:.1f} M parameters, random "
                  f"weights), {str(unet.dtype).replace('torch.', '')}, {device}",
         "settings": dict(seeds=seeds, height=pixels, width=pixels, steps=steps, inversion_steps=inversion_steps,
                          guidance=guidance, inversion_guidance=inversion_guidance, batch=batch, repeats=repeats,
-                         timestep_spacing=scheduler_config.get("timestep_spacing"), compile=compile_unet),
+                         timestep_spacing=scheduler_config.get("timestep_spacing"), compile=compile_unet,
+                         backend=backend),
         **res,
     }

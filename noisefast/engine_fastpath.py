@@ -1,4 +1,4 @@
-"""How the Engine builds its denoiser and, with ``FastPathOptions(cuda_graph=True)``, its graphed scoring chains.
+"""How the Engine builds its denoiser (and reports what runs it) and, with ``FastPathOptions(cuda_graph=True)``, its graphed scoring chains.
 
 A CUDA graph is captured per (settings group, batch size) on first use — the condition rows are copied into
 its static buffers before each replay (`noisefast.graphs.GraphedScorer.set_condition`), so one capture
@@ -13,17 +13,43 @@ import warnings
 from noisefast.denoisers.fastpath import FastPathOptions
 
 
-def make_engine_denoiser(unet, backend: str, fast_path: FastPathOptions | None):
-    """The Engine's `Denoiser`: ``backend`` over the UNet, prepared by the fast path's options first."""
+def make_engine_denoiser(unet, backend: str, fast_path: FastPathOptions | None, *, cache_dir=None,
+                         threads: int | None = None):
+    """The Engine's `Denoiser`: ``backend`` over the UNet, prepared by the fast path's options first.
+
+    ``cache_dir`` (exports, engines, compile caches, auto's decisions) and ``threads`` (ONNX Runtime's CPU
+    threads) go to the backends that use them."""
     from noisefast.denoisers.backends import make_denoiser
 
+    options = {"cache_dir": cache_dir} if backend != "torch" else {}
+    if backend == "auto":
+        options["threads"] = threads
+        if fast_path is not None and fast_path.cuda_graph:  # a captured chain replays torch kernels only
+            options["exclude"] = {n: "the CUDA-graph fast path captures the eager UNet's kernels"
+                                  for n in ("compile", "onnxruntime", "tensorrt")}
+    elif backend == "onnxruntime":
+        options["num_threads"] = threads
     if fast_path is None:
-        return make_denoiser(unet, backend)
+        return make_denoiser(unet, backend, **options)
     from noisefast.denoisers.fastpath import fast_denoiser, prepare_unet
 
     if backend == "torch":
         return fast_denoiser(unet, fast_path)
-    return make_denoiser(prepare_unet(unet, fast_path), backend)
+    if backend == "auto":  # its eager candidate (and gradient path) is the fast path's denoiser
+        options["eager"] = fast_denoiser(unet, fast_path)
+    return make_denoiser(prepare_unet(unet, fast_path), backend, **options)
+
+
+def backend_info(den, backend: str) -> dict:
+    """What runs the UNet: for ``auto`` every decision so far (chosen backend, ms per call of each candidate, why
+    others were excluded: `AutoDenoiser.describe`); for a fixed backend its name (and ONNX Runtime's threads)."""
+    describe = getattr(den, "describe", None)
+    if callable(describe):
+        return describe()
+    info = {"backend": backend}
+    if getattr(den, "threads", None) is not None:
+        info["threads"] = den.threads
+    return info
 
 
 class GraphCache:

@@ -17,8 +17,8 @@ built from the model's scheduler config, so a seed chosen here gives the same fi
 pipeline with ``DDIMScheduler.from_config(...)``.
 
 Batch sizes: rows go through the UNet ``batch_size`` at a time (default 8). For the shape-specialised
-backends (``compile``, ``tensorrt``) a short last batch is padded to a power-of-two bucket
-(`noisefast.batching.bucket_sizes`), so only ⌈log₂ batch_size⌉ + 1 shapes are ever compiled.
+``tensorrt`` backend a short last batch is padded to a power-of-two bucket (`noisefast.batching.bucket_sizes`).
+Backend ``"auto"`` (the default): the fastest measured per call shape, cached (`noisefast.denoisers.auto`).
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ import torch
 
 from noisefast.batching import RowScorer, ScoredRows, ScoreJob, bucket_sizes, score_stream
 from noisefast.decode import decode_latents
-from noisefast.defaults import DEFAULT_BATCH_SIZE, DEFAULT_ITERATIONS, DEFAULT_MOMENTUM, ModelDefaults
+from noisefast.defaults import DEFAULT_BACKEND, DEFAULT_BATCH_SIZE, DEFAULT_ITERATIONS, DEFAULT_MOMENTUM, ModelDefaults
 from noisefast.denoisers.base import Condition
 from noisefast.denoisers.fastpath import FastPathOptions
 from noisefast.denoisers.guidance import needs_negative
-from noisefast.engine_fastpath import GraphCache, make_engine_denoiser
+from noisefast.engine_fastpath import GraphCache, backend_info, make_engine_denoiser
 from noisefast.engine_results import Generation, Optimization
 from noisefast.errors import InputError
 from noisefast.loading import LoadedModel, load_model
@@ -49,15 +49,16 @@ from noisefast.settings import Settings, check_fits_memory, check_float, check_i
 from noisefast.stability import stability_score
 from noisefast.transform import denoise
 
-SHAPE_SPECIALISED_BACKENDS = ("compile", "tensorrt")
+SHAPE_SPECIALISED_BACKENDS = ("tensorrt",)
 CONDITION_CACHE_SIZE = 256  # encoded prompts kept per engine
 
 
 class Engine:
     """One loaded model and its denoiser; methods run the paper's algorithms over prompts and seeds."""
 
-    def __init__(self, model: LoadedModel, *, backend: str = "torch", batch_size: int | None = None,
-                 strict: bool = False, fast_path: FastPathOptions | None = None):  # fmt: skip
+    def __init__(self, model: LoadedModel, *, backend: str = DEFAULT_BACKEND, batch_size: int | None = None,
+                 strict: bool = False, fast_path: FastPathOptions | None = None, cache_dir=None,
+                 threads: int | None = None):  # fmt: skip
         from noisefast._ext import require_kernels
 
         if strict:  # a service must not run 3–5× slower on the pure-torch fallback without knowing
@@ -65,26 +66,17 @@ class Engine:
         self.model = model
         self.backend = backend
         self.fast_path = fast_path
-        self.den = make_engine_denoiser(model.unet, backend, fast_path)
+        self.den = make_engine_denoiser(model.unet, backend, fast_path, cache_dir=cache_dir, threads=threads)
         self._graphs = GraphCache(self) if fast_path is not None and fast_path.cuda_graph else None
         self.defaults: ModelDefaults = model.defaults
         self.batch_size = None if batch_size is None else check_int("batch_size", batch_size)
         self._conditions: OrderedDict[tuple, Condition] = OrderedDict()
 
     @classmethod
-    def from_pretrained(
-        cls,
-        model: str,
-        *,
-        device=None,
-        dtype=None,
-        backend: str = "torch",
-        variant: str | None = None,
-        family: str | None = None,
-        batch_size: int | None = None,
-        strict: bool = False,
-        fast_path: FastPathOptions | None = None,
-    ) -> "Engine":
+    def from_pretrained(cls, model: str, *, device=None, dtype=None, backend: str = DEFAULT_BACKEND,
+                        variant: str | None = None, family: str | None = None, batch_size: int | None = None,
+                        strict: bool = False, fast_path: FastPathOptions | None = None, cache_dir=None,
+                        threads: int | None = None) -> "Engine":  # fmt: skip
         """Load a hub id (local cache first), a local diffusers folder, or ``builtin:NAME``.
 
         ``device``: default CUDA when available, else CPU; ``dtype``: default fp16 on CUDA (fp32 for pixel
@@ -92,10 +84,13 @@ class Engine:
         ``"sdxl"`` or ``"sdxl-turbo"`` defaults instead of detecting them; ``strict``: refuse to run when the
         fused kernels cannot (instead of falling back to the pure-torch reference with a warning); ``fast_path``:
         the GPU fast path (`noisefast.denoisers.fastpath.FastPathOptions`: channels_last, attention kernel, fused
-        QKV, CUDA-graph replay of the whole scoring chain, pinned seed buffers).
+        QKV, CUDA-graph replay of the whole scoring chain, pinned seed buffers); ``backend``: one of
+        `noisefast.denoisers.BACKENDS`; ``cache_dir``: exports, engines, auto's decisions (default
+        ``$NOISEFAST_CACHE_DIR``, ``~/.cache/noisefast``); ``threads``: ONNX Runtime's CPU threads (default: all).
         """
         return cls(load_model(model, device=device, dtype=dtype, variant=variant, family=family),
-                   backend=backend, batch_size=batch_size, strict=strict, fast_path=fast_path)  # fmt: skip
+                   backend=backend, batch_size=batch_size, strict=strict, fast_path=fast_path, cache_dir=cache_dir,
+                   threads=threads)  # fmt: skip
 
     # --- settings, shapes, conditions ---------------------------------------------------------------------
     @property
@@ -368,6 +363,10 @@ class Engine:
         """Latents → images (`noisefast.decode`)."""
         return decode_latents(self.model, latents)
 
+    def backend_info(self) -> dict:
+        """What runs the UNet (`noisefast.engine_fastpath.backend_info`): for ``auto`` every decision so far."""
+        return backend_info(self.den, self.backend)
+
     def describe(self) -> dict:
         """The model and engine facts a report records."""
         m = self.model
@@ -379,6 +378,7 @@ class Engine:
             "device": str(m.device),
             "dtype": str(m.dtype).replace("torch.", ""),
             "backend": self.backend,
+            "backend_info": self.backend_info(),
             "scheduler": {k: v for k, v in m.scheduler_config.items() if not k.startswith("_")}
             | {"_class_name": m.scheduler_config.get("_class_name")},
             "defaults": asdict(m.defaults),

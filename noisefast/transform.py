@@ -16,10 +16,11 @@ tensor requires grad) everything runs under ``torch.inference_mode`` — the res
 tensors, not usable in a later autograd graph. When one is wanted, autograd flows through every
 denoiser call and move; ``checkpoint=True`` checkpoints each (call + move): only the latent entering
 each step is saved and the call is recomputed in backward. When only the latent needs a gradient (the
-condition tensors do not require grad), a step runs without recording in forward and its backward
-re-runs it and takes the vector-Jacobian product w.r.t. the latent (`_RecomputedStep`: no per-activation
-hooks, no parameter gradients); otherwise each step goes through ``torch.utils.checkpoint``
-(non-reentrant). The denoiser must be deterministic (eval mode) for the recomputation to match.
+condition tensors do not require grad), a step runs without recording in forward — on whatever backend the
+denoiser runs (ONNX Runtime, TensorRT, ``torch.compile``) — and its backward re-runs it on the torch UNet and
+takes the vector-Jacobian product w.r.t. the latent (`_RecomputedStep`: compiled forward + torch backward, no
+per-activation hooks, no parameter gradients); otherwise each step goes through ``torch.utils.checkpoint``
+(non-reentrant) or plain autograd, on the torch UNet (`noisefast.denoisers.base.autograd_denoiser`). The denoiser must be deterministic (eval mode) for the recomputation to match.
 Use ``torch.autograd.grad(loss, noise)`` (not ``loss.backward()``) to skip the frozen model's parameter
 gradients.
 """
@@ -33,7 +34,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from noisefast import ops
 from noisefast.defaults import DEFAULT_GUIDANCE_SCALE, DEFAULT_INVERSION_GUIDANCE_SCALE
-from noisefast.denoisers.base import Condition, Denoiser
+from noisefast.denoisers.base import Condition, Denoiser, autograd_denoiser, wants_grad
 from noisefast.denoisers.guidance import (DENOISE_RULE, INVERSION_RULE, GuidedDenoiser, check_condition_batch,
                                          check_guidance_scale)
 from noisefast.schedule import DDIMSchedule, Move
@@ -95,13 +96,6 @@ def transform(
     return _run(den, sched, noise, cond, phases, max_batch, return_intermediates, checkpoint)
 
 
-def wants_grad(x: torch.Tensor, cond: Condition) -> bool:
-    """Whether autograd must record: grad mode on and the latent or a condition tensor requires grad."""
-    if not torch.is_grad_enabled():
-        return False
-    return x.requires_grad or _cond_requires_grad(cond)
-
-
 def _cond_requires_grad(cond: Condition) -> bool:
     return any(v.requires_grad for f in fields(Condition) if (v := getattr(cond, f.name)) is not None)
 
@@ -140,8 +134,11 @@ def _run(den, sched, x, cond, phases, max_batch, return_intermediates, use_check
     step = check_max_batch(max_batch) or B
     grad = wants_grad(x, cond)
     checkpointed = None  # how a step is checkpointed (None: plain autograd or no autograd)
+    recomputed = use_checkpoint and grad and not _cond_requires_grad(cond)
     if use_checkpoint and grad:
-        checkpointed = _checkpoint_step if _cond_requires_grad(cond) else _RecomputedStep.apply
+        checkpointed = _RecomputedStep.apply if recomputed else _checkpoint_step
+    if grad and not recomputed:
+        den = autograd_denoiser(den)  # autograd records every call: the torch UNet (a compiled forward has no graph)
     outs, trajs = [], []
     with torch.inference_mode(not grad):
         for lo in range(0, B, step):
@@ -197,11 +194,15 @@ def _checkpoint_step(guided: GuidedDenoiser, move: Move, x: torch.Tensor, sched:
 
 
 class _RecomputedStep(torch.autograd.Function):
-    """`_step` checkpointed for a gradient w.r.t. the latent only.
+    """`_step` checkpointed for a gradient w.r.t. the latent only: compiled forward, torch backward.
 
-    forward:  x' = step(x) without recording (autograd Functions run their forward in no-grad mode);
+    forward:  x' = step(x) without recording (autograd Functions run their forward in no-grad mode), on the
+              denoiser as given — ONNX Runtime, TensorRT, ``torch.compile`` or ``auto`` included;
               saves x — one latent — and the autocast state.
-    backward: re-run x' = step(x) with autograd under that autocast state, return ∂L/∂x = (∂x'/∂x)ᵀ·∂L/∂x'.
+    backward: re-run x' = step(x) with autograd on the torch UNet (`autograd_denoiser`) under that autocast
+              state, return ∂L/∂x = (∂x'/∂x)ᵀ·∂L/∂x'.
+    The gradient is the torch UNet's Jacobian at the latents the forward backend produced: it differs from the
+    all-torch gradient only by the two runtimes' rounding of those latents (tests/test_autograd_backends.py).
     Compared with ``torch.utils.checkpoint`` (non-reentrant) no Python hook runs per saved activation, and
     the frozen model's parameter gradients are not computed.
     """
@@ -222,6 +223,6 @@ class _RecomputedStep(torch.autograd.Function):
         guided, move, sched = ctx.step
         with torch.enable_grad(), torch.autocast(**ctx.autocast):
             x = x.detach().requires_grad_(True)
-            out = _step(guided, move, x, sched)
+            out = _step(guided.for_autograd(), move, x, sched)
         (grad_x,) = torch.autograd.grad(out, x, grad_out)
         return None, None, grad_x, None

@@ -2,10 +2,23 @@
 and the CPU instruction-set levels the kernel tests run under."""
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
 from noisefast import _ext
+
+# The noisefast cache (ONNX exports, auto's decisions, inductor's cache) of this test session: a fresh folder, never
+# the user's ~/.cache/noisefast. Set in the environment, so the CLI, server and screening subprocesses the tests
+# start share it (and so read the decisions `backend="auto"` took here: the same backend on both sides of a
+# cross-process comparison).
+TEST_CACHE_DIR = tempfile.mkdtemp(prefix="noisefast-test-cache-")
+os.environ["NOISEFAST_CACHE_DIR"] = TEST_CACHE_DIR
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(TEST_CACHE_DIR, ignore_errors=True)
 
 # The kernel tests (tests/test_ops_{ddim,cosine,momentum}.py) run once per CPU instruction-set
 # level this machine can execute (baseline, avx2, avx512: the kernels' compiled versions, see

@@ -28,10 +28,10 @@ def _inputs(batch=2):
 
 
 def test_unknown_backend_lists_the_choices(tiny_unet_loaded):
-    choices = "choose one of torch, compile, onnxruntime, tensorrt"
+    choices = "choose one of auto, torch, compile, onnxruntime, tensorrt"
     with pytest.raises(ValueError, match=f"unknown backend 'tensorrtx'; {choices}"):
         make_denoiser(tiny_unet_loaded, "tensorrtx")
-    assert BACKENDS == ("torch", "compile", "onnxruntime", "tensorrt")
+    assert BACKENDS == ("auto", "torch", "compile", "onnxruntime", "tensorrt")
 
 
 def test_torch_backend_from_module_and_from_folder(tiny_unet_loaded, tmp_path):
@@ -46,15 +46,20 @@ def test_torch_backend_from_module_and_from_folder(tiny_unet_loaded, tmp_path):
 
 def test_onnx_export_is_not_a_torch_model(tmp_path):
     (tmp_path / "model.onnx").write_bytes(b"")
-    for backend in ("torch", "compile"):
+    for backend in ("auto", "torch", "compile"):
         with pytest.raises(TypeError, match=f"backend '{backend}' runs the diffusers UNet, not an ONNX export"):
             make_denoiser(tmp_path, backend)
 
 
 @pytest.mark.skipif(not HAVE_ORT, reason="needs onnx and onnxruntime")
-def test_onnxruntime_from_module_exports_and_cleans_up(tiny_unet_loaded, tiny_denoiser, tiny_denoiser64, tmp_path):
-    den = make_denoiser(tiny_unet_loaded, "onnxruntime", export_options={"seq_len": SEQ}, num_threads=1)
-    assert not den.path.exists()  # the temporary export is gone once the session has loaded it
+def test_onnxruntime_from_module_exports_into_the_cache_once(tiny_unet_loaded, tiny_denoiser, tiny_denoiser64,
+                                                              tmp_path):
+    den = make_denoiser(tiny_unet_loaded, "onnxruntime", export_options={"seq_len": SEQ}, num_threads=1,
+                        cache_dir=tmp_path / "cache")
+    assert den.path.parent.parent == tmp_path / "cache" / "onnx"  # <cache>/onnx/<key>/model.onnx
+    stamp = den.path.stat().st_mtime_ns
+    again = make_denoiser(tiny_unet_loaded, "onnxruntime", export_options={"seq_len": SEQ}, cache_dir=tmp_path / "cache")
+    assert again.path == den.path and den.path.stat().st_mtime_ns == stamp  # reused, not exported again
     x, t, cond = _inputs()
     assert_denoiser_close(den(x, t, cond), tiny_denoiser, tiny_denoiser64, x, t, cond, name="ORT from module")
     kept = make_denoiser(tiny_unet_loaded, "onnxruntime", export_dir=tmp_path / "e", export_options={"seq_len": SEQ})
@@ -73,17 +78,6 @@ def test_tensorrt_unavailable_fails_before_exporting(tiny_unet_loaded, tmp_path)
     assert not (tmp_path / "never").exists()
 
 
-def test_compile_backend_matches_torch(tiny_unet_loaded, tiny_denoiser, tiny_denoiser64):
-    # aot_eager: dynamo capture + AOTAutograd without inductor's C++ codegen (seconds on CPU);
-    # the default inductor backend is covered by the slow test below.
-    den = make_denoiser(tiny_unet_loaded, "compile", compile_backend="aot_eager")
-    assert isinstance(den, CompiledDenoiser) and den.in_channels == 4 and den.sample_size == 16
-    x, t, cond = _inputs()
-    with torch.no_grad():
-        out = den(x, t, cond)
-    assert_denoiser_close(out, tiny_denoiser, tiny_denoiser64, x, t, cond, name="compile aot_eager")
-
-
 @pytest.mark.slow
 def test_compile_backend_inductor_on_cpu(tiny_unet_loaded, tiny_denoiser, tiny_denoiser64):
     den = make_denoiser(tiny_unet_loaded, "compile")  # CPU default: inductor, default mode, static shapes
@@ -94,16 +88,49 @@ def test_compile_backend_inductor_on_cpu(tiny_unet_loaded, tiny_denoiser, tiny_d
     assert_denoiser_close(out, tiny_denoiser, tiny_denoiser64, x, t, cond, name="compile inductor")
 
 
-@pytest.mark.slow
-def test_compile_backend_keeps_autograd(tiny_unet_loaded, tiny_denoiser, tiny_denoiser64):
+def test_compile_backend_gradients_go_through_eager_torch(tiny_unet_loaded, tiny_denoiser):
+    from noisefast.denoisers.compiled import compiled_graphs
+
     den = make_denoiser(tiny_unet_loaded, "compile", compile_backend="aot_eager")
     x, t, cond = _inputs()
     x_c, x_e = x.clone().requires_grad_(), x.clone().requires_grad_()
+    before = compiled_graphs()
     (g_c,) = torch.autograd.grad(den(x_c, t, cond).square().sum(), x_c)
     (g_e,) = torch.autograd.grad(tiny_denoiser(x_e, t, cond).square().sum(), x_e)
-    x_64 = x.double().requires_grad_()
-    (g_64,) = torch.autograd.grad(tiny_denoiser64(x_64, t, cond.to(dtype=torch.float64)).square().sum(), x_64)
-    assert_close_to_reference(g_c, g_e, g_64, name="compile gradient")
+    assert compiled_graphs() == before  # no backward graph compiled: the call ran the eager UNet
+    assert torch.equal(g_c, g_e)
+
+
+def test_compile_backend_matches_torch_and_never_recompiles():
+    """Dynamic batch: every batch size of a range runs on one graph (the ranges come from branches on the batch in
+    diffusers' UNet and torch's convolution-backend choice: 1, 2–15, 16–63, ≥ 64 here), and normal and inference
+    tensors share graphs: repeated calls never recompile."""
+    from _tolerance import float64_denoiser
+
+    from noisefast.denoisers.compiled import compiled_graphs
+    from noisefast.testing import tiny_unet
+
+    unet = tiny_unet(seed=5).eval()  # a module no other test compiled: the graph count starts here
+    # aot_eager: dynamo capture + AOTAutograd without inductor's C++ codegen (seconds on CPU);
+    # the default inductor backend is covered by the slow test above.
+    den = make_denoiser(unet, "compile", compile_backend="aot_eager")
+    assert isinstance(den, CompiledDenoiser) and den.in_channels == 4 and den.sample_size == 16
+    eager = UNetDenoiser(unet)
+    x, t, cond = _inputs()
+    before = compiled_graphs()
+    with torch.no_grad():
+        out = den(x, t, cond)
+    assert_denoiser_close(out, eager, float64_denoiser(eager), x, t, cond, name="compile aot_eager")
+    assert compiled_graphs() - before == 1
+
+    def call(batch, inference):
+        x, t = torch.randn(batch, 4, 16, 16), torch.full((batch,), 500)
+        with torch.inference_mode(inference):  # the scoring chain's later steps hand it inference tensors
+            return den(x, t, tiny_condition(batch, seq_len=SEQ, seed=3).positive())
+
+    for batch in (2, 5, 7, 15, 3):  # the 2–15 range: the same graph, whatever kind of tensor comes in
+        assert call(batch, False).shape[0] == call(batch, True).shape[0] == batch
+    assert compiled_graphs() - before == 1
 
 
 def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):

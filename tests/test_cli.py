@@ -155,7 +155,13 @@ def test_default_model_is_builtin_digits_with_visual_report(tmp_path, quiet_env,
     assert set(rec["images"]) == {"best", "worst", "grid", "histogram"}
     with Image.open(out / "grid.png") as grid, Image.open(out / "best.png") as best:
         assert grid.width >= 3 * best.width  # 3 most vs 3 least stable of 6 candidates
-    assert "best  seed" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "best  seed" in printed
+    # the default backend says what it chose, per batch shape, in the summary and the report
+    info = report["model"]["backend_info"]
+    assert report["model"]["backend"] == "auto" and info["decisions"]
+    for d in info["decisions"]:
+        assert d["chosen"] in info["candidates"] and f"{d['chosen']} at ≤{d['shape']['rows_bucket']} rows" in printed
 
 
 def test_export_then_score_through_onnxruntime_matches_torch(tmp_path, quiet_env, capsys):

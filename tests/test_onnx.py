@@ -137,9 +137,11 @@ def test_bad_inputs_name_the_shape(ort_den):
         ort_den(x, torch.tensor([1, 2, 3]), cond)
 
 
-def test_forward_only_refuses_grad(ort_den):
+def test_bare_export_refuses_grad(ort_den):
+    """A session over an export alone has no torch UNet to differentiate (one built from the model does:
+    tests/test_autograd_backends.py)."""
     x, t, cond = inputs(1)
-    with pytest.raises(RuntimeError, match="forward-only"):
+    with pytest.raises(RuntimeError, match="runs the forward only and was built from an export without its torch UNet"):
         ort_den(x.requires_grad_(), t, cond)
 
 

@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from noisefast.defaults import DEFAULT_ITERATIONS, DEFAULT_MOMENTUM
+from noisefast.defaults import DEFAULT_BACKEND, DEFAULT_ITERATIONS, DEFAULT_MOMENTUM
 from noisefast.denoisers.backends import BACKENDS
 from noisefast.denoisers.fastpath import ATTENTION
 from noisefast.errors import InputError
@@ -123,10 +123,16 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                         f"(default: {DEFAULT_MODEL}, runs on a CPU in seconds)")  # fmt: skip
     g.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
     g.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), help="default: fp16 on CUDA for SDXL, else fp32")
-    g.add_argument("--backend", default="torch", choices=BACKENDS, help="UNet forward backend (default: torch)")
+    g.add_argument("--backend", default=DEFAULT_BACKEND, choices=BACKENDS,
+                   help=f"UNet forward backend (default: {DEFAULT_BACKEND}: the fastest measured on this machine per "
+                        "batch shape, decision and exports cached)")  # fmt: skip
     g.add_argument("--threads", type=int_in(1, 1024),
-                   help="CPU threads for torch (default: 1 for pixel models on CPU, whose tiny layers lose to "
-                        "threading overhead; torch's default otherwise)")  # fmt: skip
+                   help="CPU threads for torch and ONNX Runtime (default: torch 1 for pixel models on CPU, whose tiny "
+                        "layers lose to torch's spin-waiting threads, else torch's default; ONNX Runtime every core, "
+                        "not spinning)")  # fmt: skip
+    g.add_argument("--cache-dir", metavar="DIR",
+                   help="where ONNX exports, compile caches and auto's decisions are kept (default: "
+                        "$NOISEFAST_CACHE_DIR, else $XDG_CACHE_HOME/noisefast)")  # fmt: skip
     g.add_argument("--variant", help="diffusers weight variant to load, e.g. fp16")
     g.add_argument("--family", choices=("sdxl", "sdxl-turbo"),
                    help="force SDXL or SDXL-Turbo defaults (default: detected from the scheduler and name)")  # fmt: skip
@@ -151,6 +157,12 @@ def fast_path_options(args: argparse.Namespace):
     opts = FastPathOptions(channels_last=args.channels_last, attention=args.attention, fuse_qkv=args.fuse_qkv,
                            cuda_graph=args.cuda_graph, pinned=args.pinned)  # fmt: skip
     return None if opts == FastPathOptions() else opts
+
+
+def engine_options(args: argparse.Namespace) -> dict:
+    """`noisefast.pipeline.Engine.from_pretrained` keywords from the model options (one spelling for every command)."""
+    return dict(device=args.device, dtype=args.dtype, backend=args.backend, variant=args.variant, family=args.family,
+                strict=args.strict, fast_path=fast_path_options(args), cache_dir=args.cache_dir, threads=args.threads)
 
 
 def add_prompt_arguments(p: argparse.ArgumentParser) -> None:

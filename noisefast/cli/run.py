@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from noisefast.atomic import dumps_json
-from noisefast.cli.args import fast_path_options, read_prompts, settings_overrides
+from noisefast.cli.args import engine_options, read_prompts, settings_overrides
 from noisefast.denoisers.guidance import describe_inversion_guidance
 from noisefast.errors import OutputError
 from noisefast.progress import ProgressBar, stderr_is_terminal
@@ -48,10 +48,7 @@ class Run:
         self.args = args
         self.prompts = read_prompts(args)
         self.out = prepare_out_dir(args.out)  # before the (slow) model load: a bad path fails at once
-        self.engine = Engine.from_pretrained(
-            args.model, device=args.device, dtype=args.dtype, backend=args.backend, variant=args.variant,
-            family=args.family, strict=args.strict, fast_path=fast_path_options(args),
-        )  # fmt: skip
+        self.engine = Engine.from_pretrained(args.model, **engine_options(args))
         load_s = time.perf_counter() - self.t0
         self.threads = _set_threads(args.threads, self.engine)
         self.settings = self.engine.settings(**{k: v for k, v in settings_overrides(args).items() if v is not None})
@@ -91,6 +88,7 @@ class Run:
         from noisefast.report import write_report
 
         self.report["complete"] = complete
+        self.report["model"]["backend_info"] = self.engine.backend_info()  # auto's decisions so far
         self.report["timings"]["total_s"] = round(time.perf_counter() - self.t0, 3)
         return write_report(self.out / "report.json", self.report)
 
@@ -105,8 +103,25 @@ class Run:
                   f"(inversion {describe_inversion_guidance(s.inversion_guidance_scale)}), {s.width}×{s.height}")  # fmt: skip
             for line in summary_lines:
                 print(line)
+            print(backend_line(self.report["model"]["backend_info"]))
             print(f"report: {path}" + ("  (interrupted: partial results)" if interrupted else ""))
         return EXIT_INTERRUPTED if interrupted else EXIT_OK
+
+
+def backend_line(info: dict) -> str:
+    """What ran the UNet, in one line: ``backend auto: onnxruntime at ≤128 rows 71.1 ms/call (torch 87.9), …``."""
+    if info.get("backend") != "auto":
+        return f"backend {info.get('backend')}" + (f" ({info['threads']} threads)" if info.get("threads") else "")
+    parts, sources = [], set()
+    for d in info.get("decisions", []):
+        ms, chosen = d.get("ms_per_call") or {}, d["chosen"]
+        others = ", ".join(f"{n} {v:.1f}" for n, v in ms.items() if n != chosen and v is not None)
+        mine = f" {ms[chosen]:.1f} ms/call" if ms.get(chosen) is not None else ""
+        parts.append(f"{chosen} at ≤{d['shape']['rows_bucket']} rows{mine}" + (f" ({others})" if others else ""))
+        sources.add("decided from the cache" if d.get("source") == "cache" else "measured now")
+    if not parts:
+        return "backend auto: no UNet call yet"
+    return f"backend auto: {'; '.join(parts)} · {', '.join(sorted(sources))}"
 
 
 def _set_threads(threads: int | None, engine) -> int:

@@ -68,12 +68,12 @@ def run(args: argparse.Namespace) -> int:
         import_ray()  # without Ray: one line, before anything loads
     engine, threads = None, args.threads
     if args.ray is None:
+        from noisefast.cli.args import engine_options
         from noisefast.cli.run import _set_threads, prepare_out_dir
         from noisefast.pipeline import Engine
 
         prepare_out_dir(args.out)  # before the (slow) model load
-        engine = Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype, backend=args.backend,
-                                        variant=args.variant, family=args.family, strict=args.strict)  # fmt: skip
+        engine = Engine.from_pretrained(args.model, **engine_options(args))
         threads = _set_threads(args.threads, engine)
     elif threads is None and args.model.startswith("builtin:"):
         threads = 1  # as in process: the tiny built-in models lose to threading overhead
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                      negative_prompt=args.negative_prompt, shard_size=args.shard_size, proxy_steps=args.proxy_steps,
                      rescore_top=args.rescore_top, top_k=args.top_k, force=args.force, ray=args.ray,
                      ray_workers=args.ray_workers, threads=threads, device=args.device, dtype=args.dtype,
-                     backend=args.backend, variant=args.variant, family=args.family,
+                     backend=args.backend, variant=args.variant, family=args.family, cache_dir=args.cache_dir,
                      progress=args.progress if args.progress is not None else stderr_is_terminal(),
                      argv=sys.argv[1:], **kw)  # fmt: skip
     except ScreenInterrupted as e:

@@ -52,6 +52,7 @@ def config_from_args(args: argparse.Namespace):
 
     return ServeConfig(
         model=args.model, device=args.device, dtype=args.dtype, backend=args.backend, threads=args.threads,
+        cache_dir=args.cache_dir,
         strict=args.strict, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue_rows=args.max_queue,
         max_queue_tasks=args.max_queue_tasks, request_timeout_s=args.timeout, max_seeds=args.max_seeds,
         max_steps=args.max_steps, max_side=args.max_side, max_iterations=args.max_iterations,

@@ -1,4 +1,4 @@
-"""On-disk artifacts of the compiled backends: atomic writes, content hashes, the cache folder.
+"""On-disk artifacts of the compiled backends: atomic folder writes and content hashes (the cache folder: `cache`).
 
 Exported ONNX models and TensorRT engines are large and slow to make; a reader must never see half of
 one. Everything here writes to a temporary name in the destination's own folder (same filesystem) and
@@ -16,13 +16,6 @@ from pathlib import Path
 
 
 _CHUNK = 16 << 20  # 16 MiB reads when hashing multi-GB weight files
-
-
-def default_cache_dir() -> Path:
-    """``$NOISEFAST_CACHE`` or ``$XDG_CACHE_HOME/noisefast`` (default ``~/.cache/noisefast``)."""
-    if env := os.environ.get("NOISEFAST_CACHE"):
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "noisefast"
 
 
 def temporary_sibling_dir(path: str | os.PathLike) -> Path:

@@ -1,33 +1,40 @@
 """`make_denoiser`: one entry point for every forward backend, all behind the `Denoiser` interface.
 
-=============  ======================================  ==========================================
-backend        runs                                    takes
-=============  ======================================  ==========================================
-torch          the diffusers UNet, eager (autograd)    a UNet module, or a model folder / hub id
-compile        ``torch.compile`` of it (autograd)      the same
-onnxruntime    ONNX Runtime (CUDA EP or CPU)           an export (folder / .onnx), or the above
-tensorrt       a cached TensorRT engine (CUDA)         the same
-=============  ======================================  ==========================================
+=============  ===========================================  ==========================================
+backend        runs                                         takes
+=============  ===========================================  ==========================================
+auto           the fastest of the others, per call shape    a UNet module, or a model folder / hub id
+               (measured, cached: `noisefast.denoisers.auto`)
+torch          the diffusers UNet, eager (autograd)         the same
+compile        ``torch.compile`` of it                      the same
+onnxruntime    ONNX Runtime (CUDA EP or CPU)                an export (folder / .onnx), or the above
+tensorrt       a cached TensorRT engine (CUDA)              the same
+=============  ===========================================  ==========================================
 
-For ``onnxruntime``/``tensorrt`` given a model instead of an export, the UNet is exported first
-into ``export_dir``, or into a temporary folder deleted once the session or engine has loaded it.
-``export_options`` go to `export_unet_onnx`; the defaults there (fp32, dynamic batch and prompt
-length) are changed to dynamic height/width for onnxruntime, and to fp16 for tensorrt (whose engine
-is built for one latent size: the config's ``sample_size`` unless ``export_options["latent_size"]``).
+Every backend built from a model carries gradients: the forward-only ones (compile, onnxruntime, tensorrt,
+auto) send a call whose inputs require grad to the eager UNet (their ``autograd``), and noise optimization
+runs each checkpointed step's forward on them and its backward in torch (`noisefast.transform`).
+
+For ``onnxruntime``/``tensorrt`` given a model instead of an export, the UNet is exported into
+``export_dir``, else into the cache (``cache_dir``, `noisefast.denoisers.onnx_cache`: once per model and
+options, reused by every later process). ``export_options`` go to `export_unet_onnx`; the defaults there
+(fp32, dynamic batch and prompt length) are changed to the UNet's dtype and dynamic height/width for
+onnxruntime, and to fp16 for tensorrt (whose engine is built for one latent size: the config's
+``sample_size`` unless ``export_options["latent_size"]``).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from noisefast.denoisers.base import Denoiser
+from noisefast.denoisers.cache import cache_dir as cache_root
 from noisefast.errors import BackendUnavailableError
 
-BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "torch", "compile", "onnxruntime", "tensorrt")
 
 
 def _is_onnx(ref) -> bool:
@@ -40,18 +47,21 @@ def _is_onnx(ref) -> bool:
 
 
 def make_denoiser(unet_or_path, backend: str = "torch", *, export_dir=None, export_options: dict | None = None,
-                  **options) -> Denoiser:
+                  cache_dir=None, **options) -> Denoiser:
     """A `Denoiser` for ``unet_or_path`` on ``backend``; ``options`` go to the backend's constructor.
 
+    auto: `AutoDenoiser(unet, threads=, candidates=)`.
     torch: `UNetDenoiser(unet)`; ``dtype``/``device`` options apply when loading from a path.
     compile: `CompiledDenoiser(unet, mode=, dynamic=, fullgraph=, compile_backend=, options=)`.
     onnxruntime: `OnnxRuntimeDenoiser(path, providers=, device_id=, num_threads=, session_options=)`.
-    tensorrt: `TensorRTDenoiser(path, profiles=, latent_size=, cache_dir=, workspace_bytes=, cuda_graph=, ...)`.
+    tensorrt: `TensorRTDenoiser(path, profiles=, latent_size=, workspace_bytes=, cuda_graph=, ...)`.
+    ``cache_dir``: the noisefast cache folder (exports, engines, inductor's cache, auto's decisions; default
+    `noisefast.denoisers.cache.cache_dir`).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
-    if backend in ("torch", "compile"):
+    if backend in ("auto", "torch", "compile"):
         if _is_onnx(unet_or_path):
             raise TypeError(f"backend {backend!r} runs the diffusers UNet, not an ONNX export ({unet_or_path}); "
                             "use backend='onnxruntime' or 'tensorrt' for it")
@@ -63,29 +73,42 @@ def make_denoiser(unet_or_path, backend: str = "torch", *, export_dir=None, expo
             from noisefast.denoisers.unet import UNetDenoiser
 
             return UNetDenoiser(unet_or_path, **options)
+        if backend == "auto":
+            from noisefast.denoisers.auto import AutoDenoiser
+
+            return AutoDenoiser(unet_or_path, cache_dir=cache_dir, **options)
         from noisefast.denoisers.compiled import CompiledDenoiser
 
-        return CompiledDenoiser(unet_or_path, **options)
+        return CompiledDenoiser(unet_or_path, cache_dir=cache_dir, **options)
 
     if backend == "tensorrt":
         from noisefast.denoisers.trt import TensorRTDenoiser, require_tensorrt
 
         require_tensorrt()  # fail now, not after a minutes-long export
         cls, default_export = TensorRTDenoiser, {"dtype": torch.float16}
+        if cache_dir is not None:
+            options.setdefault("cache_dir", cache_root(cache_dir) / "tensorrt")
     else:
         from noisefast.denoisers.ort import OnnxRuntimeDenoiser, _import_onnxruntime
 
         _import_onnxruntime()
-        cls, default_export = OnnxRuntimeDenoiser, {"dynamic_hw": True}  # any image size, at no cost to ORT
+        cls, default_export = OnnxRuntimeDenoiser, None
     if _is_onnx(unet_or_path):
         if export_dir is not None or export_options:
             raise ValueError("export_dir/export_options apply only when exporting a model, not to an existing export")
         return cls(unet_or_path, **options)
 
-    from noisefast.denoisers.onnx_export import export_unet_onnx
+    from noisefast.denoisers.onnx_cache import cached_export, ort_export_options
+    from noisefast.denoisers.onnx_export import export_unet_onnx, load_unet
+    from noisefast.denoisers.unet import UNetDenoiser
 
+    if not isinstance(unet_or_path, torch.nn.Module):
+        unet_or_path = load_unet(unet_or_path, dtype=options.pop("dtype", None), device=options.pop("device", None))
+    if default_export is None:
+        default_export = ort_export_options(unet_or_path)
     export_options = {**default_export, **(export_options or {})}
     if export_dir is not None:
-        return cls(export_unet_onnx(unet_or_path, export_dir, **export_options), **options)
-    with tempfile.TemporaryDirectory(prefix="noisefast-onnx-") as tmp:
-        return cls(export_unet_onnx(unet_or_path, Path(tmp) / "unet", **export_options), **options)
+        path = export_unet_onnx(unet_or_path, export_dir, **export_options)
+    else:
+        path, _ = cached_export(unet_or_path, cache_root(cache_dir), export_options)
+    return cls(path, autograd=UNetDenoiser(unet_or_path), **options)

@@ -5,6 +5,10 @@ tensor of (integer-valued) timesteps, ``cond`` a `Condition` whose batch is ``B`
 It returns the raw model output (epsilon or v, as the schedule says) for exactly the conditioning it is
 given: classifier-free guidance is not its business — `noisefast.denoisers.guidance` batches the
 unconditional and conditional halves into one call and the fused ``ddim_move`` combines them.
+
+A backend that runs its forward outside torch's autograd (ONNX Runtime, TensorRT, ``torch.compile``, ``auto``)
+names the denoiser gradients go through — the eager torch UNet — as its ``autograd`` attribute
+(`autograd_denoiser`).
 """
 
 from __future__ import annotations
@@ -103,6 +107,21 @@ class Condition:
             pooled = torch.zeros_like(self.pooled_prompt_embeds)
         tids = self.negative_time_ids if self.negative_time_ids is not None else self.time_ids
         return Condition(neg, pooled, tids)
+
+
+def wants_grad(x: torch.Tensor, cond: Condition) -> bool:
+    """Whether autograd must record a call on ``(x, cond)``: grad mode on and the latent or a condition tensor
+    requires grad."""
+    if not torch.is_grad_enabled():
+        return False
+    return x.requires_grad or any(v.requires_grad for f in fields(cond) if (v := getattr(cond, f.name)) is not None)
+
+
+def autograd_denoiser(den):
+    """The denoiser gradients go through: ``den.autograd`` where a backend runs its forward elsewhere (ONNX Runtime,
+    TensorRT, ``torch.compile``, ``auto``: the eager torch UNet), else ``den`` itself."""
+    twin = getattr(den, "autograd", None)
+    return den if twin is None else twin
 
 
 @runtime_checkable

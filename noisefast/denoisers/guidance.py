@@ -19,13 +19,14 @@ inversion scale does; `needs_negative` says whether a condition needs its uncond
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 from dataclasses import dataclass, fields
 
 import torch
 
-from noisefast.denoisers.base import Condition, Denoiser
+from noisefast.denoisers.base import Condition, Denoiser, autograd_denoiser
 
 GUIDANCE_RULES = ("diffusers", "mix")
 DENOISE_RULE = "diffusers"  # D: diffusers' pipeline (w ≤ 1 → conditional only)
@@ -122,6 +123,7 @@ class GuidedDenoiser:
                  name: str = "guidance_scale"):
         check_condition_batch(cond, batch)
         self.den = den
+        self._autograd: GuidedDenoiser | None = None
         self.guidance = Guidance.of(guidance_scale, rule, name)
         self.guidance_scale = self.guidance.scale
         self.cfg = self.guidance.mode == "guided"  # both halves in one call
@@ -132,6 +134,19 @@ class GuidedDenoiser:
             self.cond = cond.positive().expand(batch)
         else:
             self.cond = cond.negative().expand(batch)
+        # materialised once: a runtime that needs contiguous inputs (ONNX Runtime, TensorRT) would copy a
+        # broadcast [B, L, D] view at every step otherwise
+        self.cond = self.cond._map(lambda v: v.contiguous())
+
+    def for_autograd(self) -> "GuidedDenoiser":
+        """The same guided step on the denoiser gradients go through (`noisefast.denoisers.base.autograd_denoiser`)."""
+        twin = autograd_denoiser(self.den)
+        if twin is self.den:
+            return self
+        if self._autograd is None:
+            self._autograd = copy.copy(self)
+            self._autograd.den, self._autograd._autograd = twin, None
+        return self._autograd
 
     def __call__(
         self,

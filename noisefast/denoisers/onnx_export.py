@@ -40,6 +40,7 @@ from noisefast.denoisers.onnx_io import (
     MODEL_FILE,
     OUTPUT,
     REQUIRED_INPUTS,
+    interface_record,
     onnx_files,
 )
 
@@ -234,6 +235,7 @@ def export_unet_onnx(
             "torch": torch.__version__,
             "onnx": onnx.__version__,
             "unet_config": {k: v for k, v in dict(unet.config).items() if not k.startswith("_")},
+            "interface": interface_record(tmp / MODEL_FILE),
             "sha256": sha256_files(files),
             "files": {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in files},
         }

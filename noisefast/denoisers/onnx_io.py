@@ -16,13 +16,13 @@ and in the model's dtypes, with shape errors that name the input.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from noisefast.denoisers.artifacts import sha256_files
-from noisefast.denoisers.base import Condition
+from noisefast.denoisers.base import Condition, wants_grad
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
@@ -80,14 +80,26 @@ def _spec(value_info) -> TensorSpec:
 def read_onnx_specs(path) -> tuple[dict[str, TensorSpec], TensorSpec]:
     """Input specs (by name, in graph order) and the output spec of an exported UNet.
 
-    Reads the graph only (external weight files are not touched). Raises ValueError when the graph
-    does not have the exported UNet's interface.
+    From the ``interface`` noisefast's export records beside the model (no ``import onnx``: seconds of start-up
+    saved on every process that loads a cached export), else from the graph (external weight files are not
+    touched). Raises ValueError when the graph does not have the exported UNet's interface.
     """
-    import onnx
+    recorded = (read_export_meta(path) or {}).get("interface")
+    if recorded:
+        def spec(name, d):
+            return TensorSpec(name, getattr(torch, d["dtype"]), tuple(d["shape"]))
 
-    model = onnx.load(str(resolve_onnx_path(path)), load_external_data=False)
-    initializers = {i.name for i in model.graph.initializer}
-    inputs = {vi.name: _spec(vi) for vi in model.graph.input if vi.name not in initializers}
+        inputs = {n: spec(n, d) for n, d in recorded["inputs"].items()}
+        output = spec(recorded["output"]["name"], recorded["output"])
+    else:
+        import onnx
+
+        model = onnx.load(str(resolve_onnx_path(path)), load_external_data=False)
+        initializers = {i.name for i in model.graph.initializer}
+        inputs = {vi.name: _spec(vi) for vi in model.graph.input if vi.name not in initializers}
+        if len(model.graph.output) != 1:
+            raise ValueError(f"{path!s}: expected one output, got {[o.name for o in model.graph.output]}")
+        output = _spec(model.graph.output[0])
     names = set(inputs)
     missing = [n for n in REQUIRED_INPUTS if n not in names]
     extra = sorted(names - set(REQUIRED_INPUTS) - set(ADDED_COND_INPUTS))
@@ -97,16 +109,28 @@ def read_onnx_specs(path) -> tuple[dict[str, TensorSpec], TensorSpec]:
             f"{path!s} is not an exported noisefast UNet: inputs {sorted(names)}; expected "
             f"{list(REQUIRED_INPUTS)} plus optionally both of {list(ADDED_COND_INPUTS)}"
         )
-    if len(model.graph.output) != 1:
-        raise ValueError(f"{path!s}: expected one output, got {[o.name for o in model.graph.output]}")
-    return inputs, _spec(model.graph.output[0])
+    return inputs, output
+
+
+def interface_record(path) -> dict:
+    """The graph's interface as `read_onnx_specs` reads it back from the export's metadata."""
+    inputs, output = read_onnx_specs(path)
+
+    def rec(spec):
+        return {"dtype": str(spec.dtype).removeprefix("torch."), "shape": list(spec.shape)}
+
+    return {"inputs": {n: rec(v) for n, v in inputs.items()}, "output": {"name": output.name, **rec(output)}}
 
 
 def onnx_files(path) -> list[Path]:
-    """The ``.onnx`` file followed by every external data file it references."""
+    """The ``.onnx`` file followed by every external data file it references (as the export recorded them, else
+    read from the graph)."""
+    p = resolve_onnx_path(path)
+    recorded = (read_export_meta(p) or {}).get("files") if p.name == MODEL_FILE else None
+    if recorded:
+        return [p] + [p.parent / name for name in recorded if name != p.name]
     import onnx
 
-    p = resolve_onnx_path(path)
     model = onnx.load(str(p), load_external_data=False)
     locations = []
     for init in model.graph.initializer:
@@ -153,14 +177,12 @@ def latent_geometry(path, inputs: dict[str, TensorSpec]) -> tuple[int | None, in
 
 
 def require_no_grad(backend: str, x: torch.Tensor, cond: Condition) -> None:
-    """Compiled forward backends cannot carry gradients: refuse instead of silently detaching."""
-    if not torch.is_grad_enabled():
-        return
-    leaves = [x] + [getattr(cond, f.name) for f in fields(cond)]
-    if any(v is not None and v.requires_grad for v in leaves):
+    """An export without its torch UNet cannot carry gradients: refuse instead of silently detaching."""
+    if wants_grad(x, cond):
         raise RuntimeError(
-            f"the {backend} backend is forward-only, but its inputs require grad; run it under "
-            "torch.no_grad() or use backend='torch' (or 'compile') for noise optimization"
+            f"the {backend} backend runs the forward only and was built from an export without its torch UNet, "
+            "but its inputs require grad; build it from the model (make_denoiser(unet, ...), the Engine does) so "
+            "gradients go through torch, or run it under torch.no_grad()"
         )
 
 
@@ -210,12 +232,16 @@ def unet_feed(
 class ExportedUNetDenoiser:
     """What the onnxruntime and tensorrt denoisers share: the graph's interface and the call's checks.
 
-    Subclasses set ``self.device`` and implement ``_run(feed) -> out_sample`` on that device.
+    Subclasses set ``self.device`` and implement ``_run(feed) -> out_sample`` on that device. ``autograd`` is the
+    torch denoiser of the UNet the export was made from (None for a bare export): a call whose inputs require
+    grad goes through it, so gradients flow (`noisefast.transform` runs the forward of each checkpointed step here
+    and recomputes it in torch for the backward).
     """
 
     backend = "onnx"
 
-    def __init__(self, path):
+    def __init__(self, path, *, autograd=None):
+        self.autograd = autograd
         self.path = resolve_onnx_path(path)
         self.inputs, self.output = read_onnx_specs(self.path)
         self.in_channels, self.sample_size = latent_geometry(self.path, self.inputs)
@@ -234,5 +260,7 @@ class ExportedUNetDenoiser:
         t: torch.Tensor,  # [B] timesteps
         cond: Condition,  # batch B or 1
     ) -> torch.Tensor:  # [B, C_out, H, W], x's dtype and device
+        if self.autograd is not None and wants_grad(x, cond):
+            return self.autograd(x, t, cond)
         require_no_grad(self.backend, x, cond)
         return self._run(unet_feed(x, t, cond, self.inputs, self.device)).to(device=x.device, dtype=x.dtype)

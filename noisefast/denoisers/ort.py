@@ -2,8 +2,16 @@
 
 CUDAExecutionProvider when onnxruntime-gpu and a CUDA device are present, else CPU. Either way the
 call goes through IO binding on torch tensors' memory (``data_ptr``): inputs are cast to the graph's
-dtypes by torch on the runtime's device, the output is written straight into a torch tensor, and no
-numpy or host round trip happens. Forward only: inputs that require grad are refused.
+dtypes by torch on the runtime's device (no copy when they already are), the output is written straight
+into a torch tensor, and no numpy or host round trip happens.
+
+CPU threads (`session_threads`): ``num_threads`` or every core this process may use, with the pool's
+spin-waiting off. ONNX Runtime's workers spin between parallel sections by default; on a machine whose cores
+are shared (a server, a screening worker, other jobs) the spinning threads steal the cores the work needs —
+measured on the built-in model, 2 threads: spinning 2× slower per call than not with one competing
+CPU-bound process (bench/results/ort-threads-*.md). Forward only: gradients go through ``autograd`` (the
+torch UNet the export was made from, when given: see `noisefast.transform`), else inputs that require grad
+are refused.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from noisefast.denoisers.cache import available_cores
 from noisefast.denoisers.onnx_io import ExportedUNetDenoiser
 from noisefast.errors import BackendUnavailableError
 
@@ -35,21 +44,29 @@ def _import_onnxruntime():
     return onnxruntime
 
 
+def session_threads(num_threads: int | None) -> tuple[int, bool]:
+    """``(intra-op threads, allow spinning)``: ``num_threads`` or all cores this process may use; never spinning
+    (see the module docstring: spin-waiting workers halve the throughput when another process wants the cores)."""
+    threads = int(num_threads) if num_threads else available_cores()
+    return max(1, threads), False
+
+
 class OnnxRuntimeDenoiser(ExportedUNetDenoiser):
     """``model_out = den(x, t, cond)`` through an ONNX Runtime session over an exported UNet.
 
     ``path``: an export folder or ``.onnx`` file. ``providers``: ONNX Runtime provider list (default:
     CUDA when available to both onnxruntime and torch, then CPU). ``device_id``: the CUDA device.
-    ``num_threads``: CPU intra-op threads (default: torch's ``get_num_threads()``, so both backends
-    compete for the same cores). ``session_options`` overrides all of that when given.
+    ``num_threads``: CPU intra-op threads (default: every core this process may use, `session_threads`).
+    ``session_options`` overrides all of that when given. ``autograd``: the torch denoiser of the same UNet,
+    which gradients go through (compiled forward + torch backward).
     """
 
     backend = "onnxruntime"
 
     def __init__(self, path, *, providers=None, device_id: int = 0, num_threads: int | None = None,
-                 session_options=None):
+                 session_options=None, autograd=None):
         ort = _import_onnxruntime()
-        super().__init__(path)
+        super().__init__(path, autograd=autograd)
         if providers is None:
             cuda = "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available()
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
@@ -57,8 +74,12 @@ class OnnxRuntimeDenoiser(ExportedUNetDenoiser):
                      for p in providers]
         if session_options is None:
             session_options = ort.SessionOptions()
-            session_options.intra_op_num_threads = num_threads or torch.get_num_threads()
+            threads, spinning = session_threads(num_threads)
+            session_options.intra_op_num_threads = threads
             session_options.inter_op_num_threads = 1
+            session_options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+            session_options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        self.threads = session_options.intra_op_num_threads
         self.session = ort.InferenceSession(str(self.path), sess_options=session_options, providers=providers)
         on_cuda = self.session.get_providers()[0] == "CUDAExecutionProvider"
         self.device = torch.device("cuda", device_id) if on_cuda else torch.device("cpu")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from noisefast.denoisers.artifacts import default_cache_dir
+from noisefast.denoisers.cache import cache_dir as cache_root
 from noisefast.denoisers.onnx_io import ExportedUNetDenoiser, onnx_content_hash, read_export_meta
 from noisefast.denoisers.trt_build import (  # noqa: F401  (re-exported: the backend's public names)
     GiB,
@@ -47,7 +47,8 @@ class TensorRTDenoiser(ExportedUNetDenoiser):
     required when the export has dynamic height/width; ``seq_len`` (the prompt length) defaults to the
     one the export traced. ``workspace_bytes`` caps the builder's
     scratch memory (default: TensorRT's, the whole GPU). ``cuda_graph`` replays a captured graph
-    while the input shapes stay the same.
+    while the input shapes stay the same. ``autograd``: the torch denoiser gradients go through (see
+    `noisefast.denoisers.onnx_io.ExportedUNetDenoiser`).
     """
 
     backend = "tensorrt"
@@ -64,9 +65,10 @@ class TensorRTDenoiser(ExportedUNetDenoiser):
         optimization_level: int | None = None,
         cuda_graph: bool = False,
         device=None,
+        autograd=None,
     ):
         trt = require_tensorrt()
-        super().__init__(path)
+        super().__init__(path, autograd=autograd)
         index = torch.cuda.current_device() if device is None else (torch.device(device).index or 0)
         self.device = torch.device("cuda", index)
         self.batch_ranges = [tuple(p) for p in profiles]
@@ -84,7 +86,7 @@ class TensorRTDenoiser(ExportedUNetDenoiser):
             compute_capability=torch.cuda.get_device_capability(self.device), strongly_typed=True,
             **self._build_options,
         )
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "tensorrt"
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else cache_root() / "tensorrt"
         self.engine_path = self.cache_dir / f"unet-{engine_cache_key(**self.key_parts)[:24]}.engine"
 
         with torch.cuda.device(self.device):

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from noisefast.defaults import DEFAULT_BACKEND
 from noisefast.errors import BackendUnavailableError, InputError
 from noisefast.screen.prompts_io import PromptItem, make_items, read_prompt_file
 from noisefast.screen.runner import LocalExecutor, shard_task
@@ -141,8 +142,9 @@ def screen(prompts, seeds: Iterable[int] = range(100), out="screen", *, model: s
            inversion_guidance_scale: float | None = None, batch_size: int | None = None,
            shard_size: int = DEFAULT_SHARD_SIZE, proxy_steps: int | None = None, rescore_top: int | None = None,
            top_k: int = 5, force: bool = False, ray: str | bool | None = None, ray_workers: int | None = None,
-           threads: int | None = None, device=None, dtype=None, backend: str = "torch", variant: str | None = None,
-           family: str | None = None, progress: bool = False, argv: Sequence[str] | None = None) -> ScreenResult:  # fmt: skip
+           threads: int | None = None, device=None, dtype=None, backend: str = DEFAULT_BACKEND,
+           variant: str | None = None, family: str | None = None, cache_dir=None, progress: bool = False,
+           argv: Sequence[str] | None = None) -> ScreenResult:  # fmt: skip
     """Score every (prompt, seed) into ``out`` (see the module doc); rerunning the same call resumes.
 
     ``prompts``: a file (.txt/.jsonl/.csv/.parquet) or a list of strings / ``{"prompt", "id"?,
@@ -177,7 +179,8 @@ def screen(prompts, seeds: Iterable[int] = range(100), out="screen", *, model: s
         overrides = {k: v for k, v in dict(height=height, width=width, steps=steps, inversion_steps=inversion_steps,
                                             guidance_scale=guidance_scale, inversion_guidance_scale=inversion_guidance_scale,
                                             batch_size=batch_size).items() if v is not None}  # fmt: skip
-        load = dict(model=model, device=device, dtype=dtype, backend=backend, variant=variant, family=family)
+        load = dict(model=model, device=device, dtype=dtype, backend=backend, variant=variant, family=family,
+                    cache_dir=None if cache_dir is None else str(cache_dir))
         if ray is not None and ray is not False:
             from noisefast.screen.ray_runner import RayExecutor
 
@@ -263,6 +266,7 @@ def screen(prompts, seeds: Iterable[int] = range(100), out="screen", *, model: s
                     total_rows -= len(items) * rescore_top
         except KeyboardInterrupt:
             bar.close()
+            _record_backend(outdir.root, executor)
             partial = ScreenResult(outdir.root, 0, scored, shards_total, shards_skipped + shards_written, score_s,
                                    time.perf_counter() - t_wall, complete=False)  # fmt: skip
             raise ScreenInterrupted(partial, hint) from None
@@ -270,6 +274,7 @@ def screen(prompts, seeds: Iterable[int] = range(100), out="screen", *, model: s
             bar.close()
         from noisefast.screen.summary import write_summary
 
+        _record_backend(outdir.root, executor)
         wall = time.perf_counter() - t_wall
         timings = {"rows_scored": scored, "score_s": round(score_s, 3),
                    "rows_per_s": round(scored / score_s, 3) if score_s > 0 else None, "wall_s": round(wall, 3),
@@ -282,6 +287,16 @@ def screen(prompts, seeds: Iterable[int] = range(100), out="screen", *, model: s
         if executor is not None:
             executor.close()
         outdir.release()
+
+
+def _record_backend(root: Path, executor) -> None:
+    """The manifest's ``backend_info``: what ran the UNet in this run (``auto``: the backend chosen per call shape and
+    the ms per call it measured). Not part of what a resume must match (scores do not depend on it beyond rounding)."""
+    from noisefast.atomic import atomic_write_json
+
+    manifest = read_manifest(root)
+    if manifest is not None:
+        atomic_write_json(root / "manifest.json", manifest | {"backend_info": executor.backend_info()})
 
 
 __all__ = ["DEFAULT_SHARD_SIZE", "ScreenInterrupted", "ScreenResult", "screen"]

@@ -42,10 +42,13 @@ class ScreenWorker:
             torch.set_num_threads(threads)
         from noisefast.pipeline import Engine
 
-        self.engine = Engine.from_pretrained(**load)
+        self.engine = Engine.from_pretrained(**load, threads=threads)  # threads: ONNX Runtime's too
 
     def describe(self, overrides: dict) -> tuple[dict, dict]:
         return LocalExecutor(self.engine).describe(overrides)
+
+    def backend_info(self) -> dict:
+        return self.engine.backend_info()
 
     def score(self, task: ShardTask) -> tuple[str, np.ndarray]:
         return task["id"], score_shard(self.engine, task)
@@ -101,6 +104,10 @@ class RayExecutor:
 
     def describe(self, overrides: dict) -> tuple[dict, dict]:
         return self._get(self.actors[0].describe.remote(overrides))
+
+    def backend_info(self) -> list[dict]:
+        """Each actor's `Engine.backend_info` (with ``auto``, the decisions it took or read from the cache)."""
+        return [self._get(a.backend_info.remote()) for a in self.actors]
 
     def run(self, tasks: Iterable[tuple[Shard, ShardTask]],
             on_rows: Callable[[int], None]) -> Iterator[tuple[Shard, np.ndarray]]:  # fmt: skip

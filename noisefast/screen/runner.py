@@ -58,6 +58,10 @@ class LocalExecutor:
         rows = self.engine.batch_size_for(s)  # refuses a batch that cannot fit before any work
         return self.engine.describe(), s.as_dict() | {"batch_size": rows}  # the rows per batch in effect
 
+    def backend_info(self) -> dict:
+        """What ran the UNet (`Engine.backend_info`: with ``auto``, each decision and its ms per call)."""
+        return self.engine.backend_info()
+
     def run(self, tasks: Iterable[tuple[Shard, ShardTask]],
             on_rows: Callable[[int], None]) -> Iterator[tuple[Shard, np.ndarray]]:  # fmt: skip
         """Scores in shard order; ``on_rows(n)`` as rows finish (``n`` new rows)."""

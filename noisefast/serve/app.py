@@ -28,7 +28,7 @@ from noisefast.serve.batcher import ClientGone, QueueFull
 from noisefast.serve.schemas import ErrorOut, GenerateIn, GenerateOut, OptimizeIn, OptimizeOut, ScoreIn, ScoreOut, SelectOut
 from noisefast.serve.service import FieldLimit, ServeConfig, Service
 
-ENDPOINTS = ("/v1/score", "/v1/select", "/v1/optimize", "/v1/generate", "/healthz", "/readyz", "/metrics")
+ENDPOINTS = ("/v1/score", "/v1/select", "/v1/optimize", "/v1/generate", "/v1/info", "/healthz", "/readyz", "/metrics")
 ERRORS = {s: {"model": ErrorOut} for s in (401, 413, 422, 429, 503, 504)}
 
 
@@ -148,6 +148,12 @@ def create_app(config: ServeConfig | None = None, *, engine=None, service: Servi
         if "image/png" in request.headers.get("accept", ""):
             return Response(png, media_type="image/png")
         return out
+
+    @v1.get("/info")
+    async def info():
+        """The model, its default settings and what runs its UNet (``auto``: the backend chosen per batch shape and
+        the ms per call measured for each candidate)."""
+        return svc.info()
 
     app.include_router(v1)
 

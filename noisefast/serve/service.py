@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from noisefast.defaults import DEFAULT_BACKEND
 from noisefast.errors import InputError, LimitError
 from noisefast.serve.batcher import Batcher
 from noisefast.serve.metrics import Metrics
@@ -27,8 +28,9 @@ class ServeConfig:
     model: str = "builtin:digits"
     device: str | None = None
     dtype: str | None = None  # "fp16" | "bf16" | "fp32"
-    backend: str = "torch"
+    backend: str = DEFAULT_BACKEND
     threads: int | None = None
+    cache_dir: str | None = None
     strict: bool = False
     max_batch: int = 32  # rows per UNet batch (1 = no dynamic batching)
     max_wait_ms: float = 5.0  # how long a batch waits for more rows
@@ -76,7 +78,7 @@ class Service:
             from noisefast.pipeline import Engine
 
             self.engine = Engine.from_pretrained(c.model, device=c.device, dtype=DTYPES.get(c.dtype), backend=c.backend,
-                                                 strict=c.strict)  # fmt: skip
+                                                 strict=c.strict, cache_dir=c.cache_dir, threads=c.threads)  # fmt: skip
         if c.threads is not None:
             torch.set_num_threads(c.threads)
         elif self.engine.kind == "pixel" and self.engine.device.type == "cpu":
@@ -105,6 +107,13 @@ class Service:
         self.metrics.ready.set(0)
         if self.batcher is not None:
             self.batcher.stop()
+
+    def info(self) -> dict:
+        """``GET /v1/info``: the model facts (`Engine.describe`, with ``backend_info``), readiness and batching."""
+        if self.engine is None:
+            return {"model": {"model": self.config.model}, "ready": False}
+        return {"model": self.engine.describe(), "ready": self.ready, "max_batch": self.config.max_batch,
+                "threads": torch.get_num_threads()}
 
     # --- checks --------------------------------------------------------------------------------------------
     def settings(self, s: SettingsIn):
