@@ -54,7 +54,9 @@ def _child(mode: str, seeds: int) -> dict:
            "fxgraph_cache_hit": counters["inductor"]["fxgraph_cache_hit"],
            "fxgraph_cache_miss": counters["inductor"]["fxgraph_cache_miss"]}
     if mode == "dynamic":  # steady state, 128 rows (a guided call of 64 seeds)
-        ort = nf.Engine(engine.model, backend="onnxruntime", threads=1).den
+        from noisefast.config import EngineConfig
+
+        ort = nf.Engine(engine.model, EngineConfig(model="builtin:digits", backend="onnxruntime", threads=1)).den
         x, t = torch.randn(128, 1, 8, 8), torch.full((128,), 500)
         c = nf.Condition.concat([cond.negative().expand(64), cond.positive().expand(64)])
         c = c._map(lambda v: v.contiguous())

@@ -36,15 +36,23 @@ def _busy(n: int) -> list[subprocess.Popen]:
     return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
 
 
-def _engines(cache: str) -> dict:
-    import noisefast as nf
+def _engine(model, **config):
+    from noisefast.config import EngineConfig
+    from noisefast.pipeline import Engine
 
-    model = nf.Engine.from_pretrained("builtin:digits", backend="torch").model
+    return Engine(model, EngineConfig(model="builtin:digits", **config))
+
+
+def _engines(cache: str) -> dict:
+    """name → (Engine, torch threads while it runs); every Engine shares one loaded model."""
+    from noisefast.loading import load_model
+
+    model = load_model("builtin:digits")
     return {
-        "torch": (nf.Engine(model, backend="torch"), 1),
-        "torch_2_threads": (nf.Engine(model, backend="torch"), 2),
-        "auto": (nf.Engine(model, backend="auto", cache_dir=cache), 1),
-        "onnxruntime_1_thread": (nf.Engine(model, backend="onnxruntime", cache_dir=cache, threads=1), 1),
+        "torch": (_engine(model, backend="torch"), 1),
+        "torch_2_threads": (_engine(model, backend="torch"), 2),
+        "auto": (_engine(model, backend="auto", cache_dir=cache), 1),
+        "onnxruntime_1_thread": (_engine(model, backend="onnxruntime", cache_dir=cache, threads=1), 1),
     }
 
 
@@ -88,13 +96,13 @@ def scoring(seeds: int, repeats: int, contention, cache: str) -> dict:
 
 def optimization(iterations: int, cache: str) -> dict:
     """s/iteration of Algorithm 2 on one seed: all-torch vs ONNX Runtime forward + torch backward (1 thread each)."""
-    import noisefast as nf
+    from noisefast.loading import load_model
 
+    model = load_model("builtin:digits")
+    ways = {"torch": _engine(model, backend="torch"),
+            "onnxruntime_forward": _engine(model, backend="onnxruntime", cache_dir=cache, threads=1),
+            "auto": _engine(model, backend="auto", cache_dir=cache)}
     torch.set_num_threads(1)
-    model = nf.Engine.from_pretrained("builtin:digits", backend="torch").model
-    ways = {"torch": nf.Engine(model, backend="torch"),
-            "onnxruntime_forward": nf.Engine(model, backend="onnxruntime", cache_dir=cache, threads=1),
-            "auto": nf.Engine(model, backend="auto", cache_dir=cache)}
     out = {}
     for name, e in ways.items():
         e.optimize(PROMPT, seeds=[79], iterations=1)  # warm-up (ORT arena, auto's decision)

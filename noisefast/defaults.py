@@ -18,12 +18,12 @@ DEFAULT_MOMENTUM = 0.5
 # Algorithm 1: K candidates; how many rows go through the UNet at once when nothing else is said.
 DEFAULT_NUM_CANDIDATES = 100
 DEFAULT_BATCH_SIZE = 8
-# UNet runtime of the Engine, CLI, server and screening job: the fastest backend measured per call shape on this
-# machine, decision and artefacts cached (noisefast.denoisers.auto)
-DEFAULT_BACKEND = "auto"
 # Pixel models (builtin:digits, 8×8) are tiny: at 8 rows a UNet call is mostly per-call overhead. Measured on
 # the 2-core CPU, 100 seeds at 10+10 steps: 11.0 s at 8 rows, 5.6 s at 32, 4.2 s at 100 (2026-12-04).
 PIXEL_BATCH_SIZE = 64
+
+# The screening job: rows per shard — what a kill can lose, and the unit Ray hands out.
+DEFAULT_SHARD_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ __all__ = [
     "DEFAULT_LR",
     "DEFAULT_MOMENTUM",
     "DEFAULT_NUM_CANDIDATES",
+    "DEFAULT_SHARD_SIZE",
     "FAMILY_DEFAULTS",
     "ModelDefaults",
     "PIXEL_BATCH_SIZE",

@@ -94,7 +94,7 @@ def test_another_model_or_shape_is_another_decision(tmp_path):
         for batch in (3, 4, 5):  # buckets 4, 4, 8
             den(*_call(batch))
     assert sorted(d.shape["rows_bucket"] for d in den.decisions.values()) == [4, 8]
-    assert len(list((tmp_path / "auto").iterdir())) == 2
+    assert {d.source for d in den.decisions.values()} == {"only candidate"}  # nothing to time, nothing cached
     with torch.no_grad():
         a.conv_in.weight.add_(1.0)  # weights changed in place: another fingerprint
     assert module_fingerprint(a) != module_fingerprint(tiny_unet(seed=3).eval())

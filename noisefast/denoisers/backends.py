@@ -30,11 +30,10 @@ from pathlib import Path
 
 import torch
 
+from noisefast.config import BACKENDS
 from noisefast.denoisers.base import Denoiser
 from noisefast.denoisers.cache import cache_dir as cache_root
 from noisefast.errors import BackendUnavailableError
-
-BACKENDS = ("auto", "torch", "compile", "onnxruntime", "tensorrt")
 
 
 def _is_onnx(ref) -> bool:

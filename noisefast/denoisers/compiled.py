@@ -7,10 +7,10 @@ Compilations, and why there are so few (`compiled_graphs` counts them):
    seconds of tracing even with inductor's cache warm). The ranges are set by branches on the batch that dynamo
    must guard: diffusers' upsampler (``if hidden_states.shape[0] >= 64``), torch's choice of convolution backend
    and dynamo's specialisation of size 1 — measured on CPU: 1, 2–15, 16–63, ≥ 64; each compiled once.
-2. **One kind of input tensor**: dynamo guards on whether an input is an inference tensor; the scoring chain
-   hands the UNet normal tensors at its first step and inference tensors after, which compiled every graph
-   twice. Calls run under ``torch.inference_mode`` on inference tensors only (an input that is not one is
-   cloned: a latent-sized copy).
+2. **One kind of input tensor**: dynamo guards on whether an input is an inference tensor and on its strides;
+   the scoring chain hands the UNet normal tensors at its first step and inference tensors after (and a
+   broadcast condition has stride 0), which compiled graphs again. Calls run under ``torch.inference_mode`` on
+   contiguous inference tensors only (an input that is not one is cloned: a latent-sized copy).
 3. **No restarted trace**: python floats stay specialised (``specialize_float``), which spares dynamo a second
    full trace of the UNet (its "restart analysis" for tensorified scalars) on every compilation.
 4. **Persistent caches**: inductor's FX-graph and AOT-autograd caches live in the noisefast cache folder
@@ -35,7 +35,8 @@ from noisefast.denoisers.base import Condition, wants_grad
 
 
 def _inference(v: torch.Tensor) -> torch.Tensor:
-    return v if v.is_inference() else v.clone()
+    """``v`` as a contiguous inference tensor (dynamo guards on both: a broadcast condition row has stride 0)."""
+    return v if v.is_inference() and v.is_contiguous() else v.clone(memory_format=torch.contiguous_format)
 
 
 def compiled_graphs() -> int:

@@ -4,7 +4,12 @@
     POST /v1/select     same → best/worst seed and score, every seed sorted most → least stable, "source"
     POST /v1/optimize   {"prompt", "seed", "iterations", ...} → stability curve, noise (base64 safetensors)
     POST /v1/generate   {"prompt", "seed" | "noise"} → PNG (base64 in JSON; raw with Accept: image/png)
+    GET  /v1/info       the engine configuration in effect (model, device, dtype, backend, batch size, threads,
+                        fast path) and the server's limits
     GET  /healthz  /readyz  /metrics
+
+The answers are `noisefast.workflows`' reports (``as_dict()``), field for field what the CLI writes to
+``report.json``: /v1/score lists seeds in the order asked, /v1/select ranks them most → least stable.
 
 Errors: a `noisefast.errors.NoisefastError` answers its ``http_status`` with ``{"detail": message}``
 (limits on a field: 422 with its ``loc``, like pydantic's); a full queue 429 + Retry-After; a request
@@ -151,8 +156,7 @@ def create_app(config: ServeConfig | None = None, *, engine=None, service: Servi
 
     @v1.get("/info")
     async def info():
-        """The model, its default settings and what runs its UNet (``auto``: the backend chosen per batch shape and
-        the ms per call measured for each candidate)."""
+        """The engine configuration in effect (as reports and screen manifests record it) and the server's limits."""
         return svc.info()
 
     app.include_router(v1)
@@ -164,7 +168,7 @@ def create_app(config: ServeConfig | None = None, *, engine=None, service: Servi
     @app.get("/readyz")
     async def readyz():
         ok = svc.ready and svc.batcher is not None and svc.batcher.alive
-        return JSONResponse({"ready": ok, "model": svc.config.model}, status_code=200 if ok else 503)
+        return JSONResponse({"ready": ok, "model": svc.config.engine.model}, status_code=200 if ok else 503)
 
     @app.get("/metrics")
     async def metrics():
