@@ -43,40 +43,44 @@ def _engine(model, **config):
     return Engine(model, EngineConfig(model="builtin:digits", **config))
 
 
-def _engines(cache: str) -> dict:
+def _engines(cache: str, torch_2_threads: bool) -> dict:
     """name → (Engine, torch threads while it runs); every Engine shares one loaded model."""
     from noisefast.loading import load_model
 
     model = load_model("builtin:digits")
-    return {
+    ways = {
         "torch": (_engine(model, backend="torch"), 1),
         "torch_2_threads": (_engine(model, backend="torch"), 2),
         "auto": (_engine(model, backend="auto", cache_dir=cache), 1),
         "onnxruntime_1_thread": (_engine(model, backend="onnxruntime", cache_dir=cache, threads=1), 1),
     }
+    if not torch_2_threads:
+        del ways["torch_2_threads"]
+    return ways
 
 
-def _select(engine, torch_threads: int, seeds: int):
+def _select(engine, torch_threads: int, seeds: int, steps: dict):
     def run():
         torch.set_num_threads(torch_threads)
-        return engine.select(PROMPT, seeds=range(seeds))
+        return engine.select(PROMPT, seeds=range(seeds), **steps)
 
     return run
 
 
-def scoring(seeds: int, repeats: int, contention, cache: str) -> dict:
-    engines = _engines(cache)
+def scoring(seeds: int, repeats: int, contention, cache: str, steps: dict, torch_2_threads: bool = True) -> dict:
+    engines = _engines(cache, torch_2_threads)
     t0 = time.perf_counter()
-    first = _select(*engines["auto"], seeds)()  # a fresh cache: exports and decides (its first-run cost)
+    first = _select(*engines["auto"], seeds, steps)()  # a fresh cache: exports and decides (its first-run cost)
     first_s = time.perf_counter() - t0
-    ref = _select(*engines["torch"], seeds)()
+    ref = _select(*engines["torch"], seeds, steps)()
     conditions = []
     for n in contention:
         procs = _busy(n)
         try:
             time.sleep(1.0 if n else 0.0)
             load_before = os.getloadavg()[0]
-            ms = time_round_robin({name: _select(e, th, seeds) for name, (e, th) in engines.items()}, repeats, warmup=1)
+            ms = time_round_robin({name: _select(e, th, seeds, steps) for name, (e, th) in engines.items()}, repeats,
+                                  warmup=1)
             load_after = os.getloadavg()[0]
         finally:
             for p in procs:
@@ -94,7 +98,7 @@ def scoring(seeds: int, repeats: int, contention, cache: str) -> dict:
             "conditions": conditions}
 
 
-def optimization(iterations: int, cache: str) -> dict:
+def optimization(iterations: int, cache: str, steps: dict) -> dict:
     """s/iteration of Algorithm 2 on one seed: all-torch vs ONNX Runtime forward + torch backward (1 thread each)."""
     from noisefast.loading import load_model
 
@@ -105,19 +109,24 @@ def optimization(iterations: int, cache: str) -> dict:
     torch.set_num_threads(1)
     out = {}
     for name, e in ways.items():
-        e.optimize(PROMPT, seeds=[79], iterations=1)  # warm-up (ORT arena, auto's decision)
-    ms = time_round_robin({n: (lambda e=e: e.optimize(PROMPT, seeds=[79], iterations=iterations)) for n, e in ways.items()},
-                          3, warmup=0)
+        e.optimize(PROMPT, seeds=[79], iterations=1, **steps)  # warm-up (ORT arena, auto's decision)
+    ms = time_round_robin({n: (lambda e=e: e.optimize(PROMPT, seeds=[79], iterations=iterations, **steps))
+                           for n, e in ways.items()}, 3, warmup=0)
     for name, v in ms.items():
         out[name] = summarize([t / 1e3 / iterations for t in v])
     out["ratio_torch_over_onnxruntime_forward"] = out["torch"]["median"] / out["onnxruntime_forward"]["median"]
-    return {"iterations": iterations, "steps": "10+10, guidance 2, 1 seed", "s_per_iteration": out}
+    return {"iterations": iterations, "steps": steps or "the model's (10+10), guidance 2, 1 seed",
+            "s_per_iteration": out}
 
 
-def run(seeds=200, repeats=3, contention=(0, 1), iterations=5) -> dict:
+def run(seeds=200, repeats=3, contention=(0, 1), iterations=5, steps: int | None = None,
+        torch_2_threads: bool = True) -> dict:
+    """``steps``: N for N+N DDIM steps (default: the model's 10+10); ``torch_2_threads``: also time eager torch on 2
+    threads (slow on a busy machine: its threads spin-wait)."""
+    steps_kw = {} if steps is None else {"steps": steps, "inversion_steps": steps}
     with tempfile.TemporaryDirectory(prefix="noisefast-bench-cache-") as cache:
-        res = {"scoring": scoring(seeds, repeats, contention, cache)}
-        res["optimize"] = optimization(iterations, cache)
+        res = {"scoring": scoring(seeds, repeats, contention, cache, steps_kw, torch_2_threads)}
+        res["optimize"] = optimization(iterations, cache, steps_kw)
     return res
 
 

@@ -35,6 +35,18 @@ def headline(r: dict) -> str:
             ratio = rate["noisefast"] / rate[base]
             rows.append([f"scoring, noises/s vs {WAYS.get(base, base)} ({where})", f"{rate[base]:.2f}",
                          f"{rate['noisefast']:.2f}", f"**{ratio:.2f}×**" if strongest else f"{ratio:.2f}×"])
+    dg = r.get("digits", {}).get("scoring", {})
+    for c in dg.get("conditions", []):
+        rate = c["seeds_per_s"]
+        rows.append([f"builtin:digits select ({dg['seeds']} seeds, 10+10), seeds/s: eager torch (1 thread, CLI default) → "
+                     f"auto; {c['competing_processes']} competing CPU-bound process(es), load "
+                     f"{c['load_average_1m'][0]:.1f}–{c['load_average_1m'][1]:.1f}", f"{rate['torch']:.1f}",
+                     f"{rate['auto']:.1f}", f"**{c['auto_vs_torch']:.2f}×**"])
+    do = r.get("digits", {}).get("optimize", {}).get("s_per_iteration", {})
+    if do:
+        rows.append(["builtin:digits optimization, s/iteration: all-torch → ONNX Runtime forward + torch backward",
+                     f"{do['torch']['median']:.3f}", f"{do['onnxruntime_forward']['median']:.3f}",
+                     f"{do['ratio_torch_over_onnxruntime_forward']:.2f}×"])
     kr = r.get("kernels", {})
     if "rows" in kr:
         rows.append([f"fused kernels, speed-up (geomean of {len(kr['rows'])} op × shape × dtype)", "eager torch",
@@ -74,8 +86,21 @@ def _kernels(k: dict, cuda: bool) -> str:
     return md_table(head, rows, "lll" + "r" * (len(head) - 3)) + note
 
 
-WAYS = {"diffusers_user": "diffusers per seed", "diffusers_batched": "diffusers batched (strongest)",
-        "noisefast": "noisefast"}
+WAYS = {"diffusers_user": "diffusers per seed", "diffusers_batched": "diffusers batched",
+        "diffusers_batched_compile": "diffusers batched + torch.compile", "noisefast": "noisefast",
+        "noisefast_torch": "noisefast on eager torch"}
+
+
+def _auto_choice(info: dict | None) -> str:
+    """``onnxruntime at ≤16 rows (12.1 vs torch 20.3 ms/call), …`` from an `AutoDenoiser.describe`."""
+    if not info or not info.get("decisions"):
+        return ""
+    parts = []
+    for d in info["decisions"]:
+        ms = d.get("ms_per_call") or {}
+        others = ", ".join(f"{n} {v:.1f}" for n, v in ms.items() if n != d["chosen"] and v is not None)
+        parts.append(f"{d['chosen']} at ≤{d['shape']['rows_bucket']} rows ({ms.get(d['chosen']) or 0:.1f} ms/call; {others})")
+    return "auto chose: " + "; ".join(parts)
 
 
 def _baselines(run: dict) -> list[str]:
@@ -98,11 +123,13 @@ def _scoring(s: dict) -> str:
                  f"{diff[name]:.1e}" if name in diff else "–"] for name in run["noises_per_second"]]
         agree = (f"; scores agree within the error-model tolerance {run['score_tolerance']:.1e}: "
                  f"{'yes' if run['scores_agree'] else '**no**'}" if "score_tolerance" in run else "")
+        choice = _auto_choice(run.get("noisefast_backend"))
         out.append(f"{run['model']}; baseline: {run['baseline']}; settings: "
                    + ", ".join(f"{k}={v}" for k, v in st.items()) + "\n\n"
                    + md_table(["way", "s per run", "noises/s", "noisefast ×", "max |Δscore| vs noisefast"], rows, "lrrrr")
                    + f"\n\nratio vs the strongest baseline ({run.get('strongest_baseline', 'diffusers_user')}): "
-                   f"**{run['ratio']:.2f}×**, max |Δscore| of the baselines: {run['max_abs_score_diff']:.1e}{agree}")
+                   f"**{run['ratio']:.2f}×**, max |Δscore| of the baselines: {run['max_abs_score_diff']:.1e}{agree}"
+                   + (f"\n\n{choice}" if choice else ""))
     return "\n\n".join(out)
 
 
@@ -129,6 +156,47 @@ def _unet(u: dict) -> str:
     return text
 
 
+def _digits(d: dict) -> str:
+    if "skipped" in d:
+        return f"skipped: {d['skipped']}"
+    sc, op = d["scoring"], d["optimize"]
+    names = list(sc["conditions"][0]["seeds_per_s"]) if sc["conditions"] else []
+    rows = [[c["competing_processes"], f"{c['load_average_1m'][0]:.2f} → {c['load_average_1m'][1]:.2f}"]
+            + [f"{c['seeds_per_s'][n]:.1f}" for n in names] + [f"**{c['auto_vs_torch']:.2f}×**"]
+            for c in sc["conditions"]]
+    table = md_table(["competing CPU-bound processes", "load average"] + [f"{n} seeds/s" for n in names]
+                     + ["auto / torch"], rows, "lr" + "r" * (len(names) + 1))
+    opt = md_table(["way", "s / iteration (median)"], [[k, f"{v['median']:.3f}"] for k, v in op["s_per_iteration"].items()
+                                                        if isinstance(v, dict)], "lr")
+    return (f"`Engine.select` of {sc['seeds']} seeds (round-robin, {sc['repeats']} repeats; auto's decisions cached after "
+            f"its first run in a fresh cache, which took {sc['auto_first_run_s']:.1f} s); best seed auto / torch: "
+            f"{sc['best_seed']['auto']} / {sc['best_seed']['torch']}, max |Δscore| {sc['max_abs_score_diff_auto_vs_torch']:.1e}"
+            f"\n\n{table}\n\n{_auto_choice(sc['auto_backend'])}\n\nOptimization ({op['iterations']} iterations per run, "
+            f"1 seed): \n\n{opt}")
+
+
+def _realscale(r: dict) -> str:
+    if "skipped" in r:
+        return f"skipped: {r['skipped']}"
+    rows = []
+    for name, x in r["stages"].items():
+        load = f"{x['load_average_1m'][0]:.1f} → {x['load_average_1m'][1]:.1f}"
+        if "error" in x:
+            rows.append([name, "**failed**: " + x["error"], "", "", "", "", "", load])
+        elif name == "export":
+            size = sum(x["files"].values()) / 2**30
+            rows.append([name, f"{x['export_s']:.0f} (files {size:.1f} GiB, external data: {x['external_data']})", "",
+                         "", "", "", f"{x['peak_rss_gib']:.1f}", load])
+        else:
+            parity = f"; max rel Δ vs eager {x['max_rel_diff_vs_eager']:.1e}" if "max_rel_diff_vs_eager" in x else ""
+            rows.append([name, f"{x['setup_s']:.0f}", f"{x['first_call_s']:.1f}", f"{x['ms_per_call']['median']:.0f}",
+                         f"{x.get('speedup_vs_eager', 1.0):.2f}×", ", ".join(f"{v:.4f}" for v in x["scores"]) + parity,
+                         f"{x['peak_rss_gib']:.1f}", load])
+    return (f"{r['case']}; machine memory {r['memory_gib']:.1f} GiB\n\n"
+            + md_table(["stage", "setup s (build / export / load)", "first call s", "ms / call", "vs eager",
+                        "stability scores", "peak RSS GiB", "load average"], rows, "lrrrrlrr"))
+
+
 def markdown(r: dict) -> str:
     m, cuda = r["machine"], r["settings"]["device"] == "cuda"
     where = m["gpu"]["name"] if cuda and m["gpu"] else f"{m['cpu']} ({m['torch_threads']} torch threads)"
@@ -142,8 +210,10 @@ def markdown(r: dict) -> str:
     if not cuda:
         lines += ["", "GPU numbers are pending on this machine: `bench/gpu_check.sh` runs the same comparison on a GPU."]
     names = {"kernels": "1. Fused kernels vs eager torch", "scoring": "2. Scoring throughput",
-             "optimize": "3. Noise optimization: checkpointed vs plain autograd", "unet": "4. UNet calls vs the matmul peak"}
-    render = {"kernels": lambda x: _kernels(x, cuda), "scoring": _scoring, "optimize": _optimize, "unet": _unet}
+             "optimize": "3. Noise optimization: checkpointed vs plain autograd", "unet": "4. UNet calls vs the matmul peak",
+             "digits": "5. builtin:digits end to end: auto vs eager torch", "realscale": "6. Real scale: SDXL UNet on CPU"}
+    render = {"kernels": lambda x: _kernels(x, cuda), "scoring": _scoring, "optimize": _optimize, "unet": _unet,
+              "digits": _digits, "realscale": _realscale}
     for part in r["settings"]["parts"]:
         x = r.get(part, {})
         if not x:  # a partial result (written after each part): this part had not finished

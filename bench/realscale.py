@@ -1,6 +1,6 @@
 """Opt-in real-scale CPU part: the full-size SDXL UNet (random weights, 2.57 B parameters) on every CPU backend.
 
-    python -m bench.realscale [--json out.json] [--stages eager,onnxruntime,compile] [--compile-budget-s 1800]
+    python -m bench.realscale [--json out.json] [--stages eager,export,onnxruntime,compile] [--calls 3]
 
 The UNet is built from ``bench/configs/sdxl_unet.json`` (the same file as
 ``/work/shared/models/sdxl-base-1.0/unet/config.json``), float32, on the CPU; the case is SDXL-Turbo scoring:
@@ -10,11 +10,14 @@ weights:
 
   eager        ms per UNet call (1 warm-up, ``--calls`` timed), one stability score of the batch; its UNet outputs
                on a fixed input are saved for the others' parity
-  onnxruntime  the export (TorchScript exporter, weights as external data: ~10 GB), then ONNX Runtime on every
-               core (not spinning): session load, ms per call, the same stability score, max |Δ| vs eager's outputs
-  compile      ``torch.compile`` (inductor, dynamic batch): compilation time (within ``--compile-budget-s``), ms
-               per call, the same score
-Peak RSS per stage (``ru_maxrss`` of the child) says whether it fit the machine's memory. Minutes per stage.
+  export       the ONNX export as the onnxruntime backend makes it (TorchScript exporter, traced at 32² latents,
+               dynamic size, weights streamed into one external data file: ~10 GB)
+  onnxruntime  a session over that export, on every core (not spinning) — no torch UNet in this process: load
+               time, ms per call, the same stability score, max |Δ| vs eager's outputs
+  compile      ``torch.compile`` (inductor, dynamic batch): the first call (compilation), ms per call, the score
+Peak RSS per stage (``ru_maxrss`` of the child) says whether it fits the machine's memory; the Engine's own
+``onnxruntime``/``auto`` path holds the torch UNet (for gradients) beside the session: eager's + onnxruntime's.
+Minutes per stage.
 """
 
 from __future__ import annotations
@@ -36,24 +39,21 @@ from bench.common import command_line, machine_info, summarize, write_json
 PIXELS, BATCH, STEPS = 512, 2, 1
 
 
-def _case():
-    from bench.compare_unet import build_unet, random_condition, sdxl_unet_config
+def _inputs(config):
+    """The case's condition, schedule, seed noise [2, 4, 64, 64] and one UNet call (x, t, cond) — no weights needed."""
+    from bench.compare_unet import random_condition
     from noisefast.schedule import DDIMSchedule
     from noisefast.testing import SDXL_SCHEDULER_CONFIG
 
-    t0 = time.perf_counter()
-    unet = build_unet(sdxl_unet_config(), "cpu", torch.float32)
-    build_s = time.perf_counter() - t0
-    cond = random_condition(unet.config, 1, PIXELS, "cpu", torch.float32)
+    cond = random_condition(config, 1, PIXELS, "cpu", torch.float32)
     sched = DDIMSchedule.from_config({**SDXL_SCHEDULER_CONFIG, "timestep_spacing": "trailing"}, STEPS, STEPS)
     g = torch.Generator().manual_seed(0)
-    noise = torch.randn(BATCH, 4, PIXELS // 8, PIXELS // 8, generator=g)  # [2, 4, 64, 64]
+    noise = torch.randn(BATCH, 4, PIXELS // 8, PIXELS // 8, generator=g)
     x = torch.randn(BATCH, 4, PIXELS // 8, PIXELS // 8, generator=g)
-    t = torch.full((BATCH,), 999)
-    return unet, cond, sched, noise, (x, t, cond.expand(BATCH).positive()), build_s
+    return cond, sched, noise, (x, torch.full((BATCH,), 999), cond.expand(BATCH).positive())
 
 
-def _calls(den, call, n: int) -> dict:
+def _calls(den, call, n: int) -> tuple[dict, torch.Tensor]:
     with torch.inference_mode():
         t0 = time.perf_counter()
         out = den(*call)  # warm-up (ORT arena, compile's graph)
@@ -66,36 +66,52 @@ def _calls(den, call, n: int) -> dict:
     return {"first_call_s": first, "ms_per_call": summarize(ms)}, out
 
 
-def _score(den, sched, noise, cond) -> tuple[list[float], float]:
+def _config(path: str | None) -> dict:
+    from bench.compare_unet import sdxl_unet_config
+
+    return sdxl_unet_config() if path is None else json.loads(Path(path).read_text())
+
+
+def _stage(name: str, work: Path, calls: int, config_path: str | None = None) -> dict:
+    """One stage, in this (fresh) process, so its peak RSS is its own; writes ``work/<name>.json``.
+
+    eager / compile: the torch UNet; export: the ONNX export into ``work/cache`` (and nothing else);
+    onnxruntime: a session over that export — the torch UNet is never built in this process."""
+    from bench.compare_unet import build_unet
+    from noisefast.denoisers.backends import make_denoiser
     from noisefast.stability import stability_score
 
+    config = _config(config_path)
+    cond, sched, noise, call = _inputs(config)
+    res = {"stage": name}
+    t0 = time.perf_counter()
+    if name == "onnxruntime":
+        from noisefast.denoisers.ort import OnnxRuntimeDenoiser
+
+        den = OnnxRuntimeDenoiser(json.loads((work / "export.json").read_text())["path"])
+        res["threads"] = den.threads
+    else:
+        unet = build_unet(config, "cpu", torch.float32)
+        res.update(build_unet_s=time.perf_counter() - t0, parameters=sum(p.numel() for p in unet.parameters()))
+        t0 = time.perf_counter()
+        if name == "export":
+            from noisefast.denoisers.onnx_cache import cached_export, ort_export_options
+
+            path, _ = cached_export(unet, work / "cache", ort_export_options(unet))
+            meta = json.loads((path.parent / "noisefast_onnx.json").read_text())
+            res.update(path=str(path), export_s=time.perf_counter() - t0, external_data=meta["external_data"],
+                       weight_bytes=meta["weight_bytes"], files={f: v[0] for f, v in meta["files"].items()},
+                       traced_shapes=meta["example_shapes"], peak_rss_gib=_peak_rss_gib())
+            (work / "export.json").write_text(json.dumps(res))
+            return res
+        den = make_denoiser(unet, "torch" if name == "eager" else "compile", cache_dir=work / "cache")
+    res["setup_s"] = time.perf_counter() - t0  # ORT: session load; compile compiles at the first call
+    timing, out = _calls(den, call, calls)
+    res.update(timing)
     t0 = time.perf_counter()
     with torch.inference_mode():
-        s = stability_score(den, sched, noise, cond, 0.0, 1.0)
-    return s.tolist(), time.perf_counter() - t0
-
-
-def _stage(name: str, work: Path, calls: int, compile_budget_s: float) -> dict:
-    """One backend, in this (fresh) process; writes ``work/<name>.json``."""
-    from noisefast.denoisers.backends import make_denoiser
-
-    unet, cond, sched, noise, call, build_s = _case()
-    res = {"stage": name, "build_unet_s": build_s, "parameters": sum(p.numel() for p in unet.parameters())}
-    t0 = time.perf_counter()
-    if name == "eager":
-        den = make_denoiser(unet, "torch")
-    elif name == "onnxruntime":
-        den = make_denoiser(unet, "onnxruntime", cache_dir=work / "cache")
-        meta = json.loads((den.path.parent / "noisefast_onnx.json").read_text())
-        res["export"] = {"external_data": meta["external_data"], "weight_bytes": meta["weight_bytes"],
-                         "files": {f: s for f, (s, _) in meta["files"].items()}, "threads": den.threads}
-    else:
-        den = make_denoiser(unet, "compile", cache_dir=work / "cache")
-    res["setup_s"] = time.perf_counter() - t0  # export + session load; compile happens at the first call
-    res["rss_after_setup_gib"] = _peak_rss_gib()
-    timing, out = _calls(den, call, calls if name != "compile" or res["setup_s"] < compile_budget_s else 1)
-    res.update(timing)
-    res["scores"], res["score_s"] = _score(den, sched, noise, cond)
+        res["scores"] = stability_score(den, sched, noise, cond, 0.0, 1.0).tolist()
+    res["score_s"] = time.perf_counter() - t0
     if name == "eager":
         torch.save(out, work / "eager_out.pt")
     elif (work / "eager_out.pt").is_file():
@@ -111,16 +127,18 @@ def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
-def run(stages=("eager", "onnxruntime", "compile"), calls: int = 3, compile_budget_s: float = 1800.0) -> dict:
-    out = {"case": f"SDXL UNet (random weights) fp32, {PIXELS}², batch {BATCH}, {STEPS}+{STEPS} trailing, no CFG",
+def run(stages=("eager", "export", "onnxruntime", "compile"), calls: int = 3, config_path: str | None = None) -> dict:
+    """``config_path``: another UNet config (default: the full-size SDXL UNet; a tiny one makes a smoke test)."""
+    what = "SDXL UNet" if config_path is None else f"UNet {config_path}"
+    out = {"case": f"{what} (random weights) fp32, {PIXELS}², batch {BATCH}, {STEPS}+{STEPS} trailing, no CFG",
            "memory_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, "stages": {}}
     with tempfile.TemporaryDirectory(prefix="noisefast-realscale-") as work:
         for name in stages:
             t0 = time.perf_counter()
             loads = [os.getloadavg()[0]]
-            proc = subprocess.run([sys.executable, "-m", "bench.realscale", "--stage", name, "--work", work,
-                                   "--calls", str(calls), "--compile-budget-s", str(compile_budget_s)],
-                                  capture_output=True, text=True)  # fmt: skip
+            cmd = [sys.executable, "-m", "bench.realscale", "--stage", name, "--work", work, "--calls", str(calls)]
+            proc = subprocess.run(cmd + (["--unet-config", config_path] if config_path else []), capture_output=True,
+                                  text=True)  # fmt: skip
             loads.append(os.getloadavg()[0])
             path = Path(work) / f"{name}.json"
             if proc.returncode == 0 and path.is_file():
@@ -138,17 +156,17 @@ def run(stages=("eager", "onnxruntime", "compile"), calls: int = 3, compile_budg
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", default=None)
-    p.add_argument("--stages", default="eager,onnxruntime,compile")
+    p.add_argument("--stages", default="eager,export,onnxruntime,compile")
     p.add_argument("--calls", type=int, default=3, help="timed UNet calls per backend after one warm-up")
-    p.add_argument("--compile-budget-s", type=float, default=1800.0)
+    p.add_argument("--unet-config", default=None, help="another UNet config.json (default: the full-size SDXL UNet)")
     p.add_argument("--stage", help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.stage:
-        _stage(a.stage, Path(a.work), a.calls, a.compile_budget_s)
+        _stage(a.stage, Path(a.work), a.calls, a.unet_config)
         return 0
     res = {"benchmark": "noisefast.realscale", "command": command_line(), "machine": machine_info(),
-           **run(tuple(s for s in a.stages.split(",") if s), a.calls, a.compile_budget_s)}
+           **run(tuple(s for s in a.stages.split(",") if s), a.calls, a.unet_config)}
     if a.json:
         write_json(a.json, res)
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "stderr"} for k, v in res["stages"].items()},

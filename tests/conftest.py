@@ -17,7 +17,17 @@ TEST_CACHE_DIR = tempfile.mkdtemp(prefix="noisefast-test-cache-")
 os.environ["NOISEFAST_CACHE_DIR"] = TEST_CACHE_DIR
 
 
-def pytest_sessionfinish(session, exitstatus):
+def pytest_terminal_summary(terminalreporter):
+    """What ``backend="auto"`` did in this session (each export and decision costs test time)."""
+    from pathlib import Path
+
+    root = Path(TEST_CACHE_DIR)
+    exports = len(list((root / "onnx").glob("*/model.onnx"))) if (root / "onnx").is_dir() else 0
+    decisions = len(list((root / "auto").glob("*.json"))) if (root / "auto").is_dir() else 0
+    terminalreporter.write_line(f"noisefast test cache: {exports} ONNX exports, {decisions} auto decisions")
+
+
+def pytest_unconfigure(config):  # after the terminal summary
     shutil.rmtree(TEST_CACHE_DIR, ignore_errors=True)
 
 # The kernel tests (tests/test_ops_{ddim,cosine,momentum}.py) run once per CPU instruction-set

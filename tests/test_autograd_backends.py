@@ -20,7 +20,7 @@ from noisefast.optimize import stability_grad  # noqa: E402
 from noisefast.schedule import DDIMSchedule  # noqa: E402
 from noisefast.testing import SDXL_SCHEDULER_CONFIG, tiny_condition  # noqa: E402
 
-SCHED = DDIMSchedule.from_config(SDXL_SCHEDULER_CONFIG, 2, 2)
+SCHED = DDIMSchedule.from_config(SDXL_SCHEDULER_CONFIG, 1, 1)  # a guided denoising move, an inversion move
 W = 5.5  # CFG in denoising: both halves of every denoising call go through the backend and back
 
 

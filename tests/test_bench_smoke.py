@@ -138,3 +138,21 @@ def test_gpu_scoring_records_skips_and_writes_as_it_goes(tmp_path):
                                                                   "noisefast_fast": 2.5}}]
     h = gpu_scoring.headline(rows)["turbo"]
     assert (h["noisefast"]["way"], h["strongest_baseline"]["way"], h["ratio"]) == ("noisefast_fast", "diffusers_batched", 3.0)
+
+
+def test_auto_row_and_the_digits_comparison_run(tmp_path):
+    """The scoring comparison's ``auto`` row (with eager beside it) and the built-in model's end-to-end comparison
+    (quick start's select, idle condition only; optimization s/iteration) run and record what auto chose."""
+    from bench import compare_digits
+    from bench.compare_scoring import scoring_unet_loop
+    from noisefast.testing import SDXL_SCHEDULER_CONFIG, tiny_unet
+
+    res = scoring_unet_loop(tiny_unet(), SDXL_SCHEDULER_CONFIG, seeds=2, pixels=64, steps=1, inversion_steps=1,
+                            guidance=0.0, inversion_guidance=1.0, batch=2, repeats=1, per_seed=False, backend="auto")
+    assert set(res["seconds"]) == {"diffusers_batched", "noisefast", "noisefast_torch"} and res["scores_agree"], res
+    assert res["noisefast_backend"]["decisions"]
+    digits = compare_digits.run(seeds=8, repeats=1, contention=(0,), iterations=1, steps=2, torch_2_threads=False)
+    (cond,) = digits["scoring"]["conditions"]
+    assert set(cond["seeds_per_s"]) == {"torch", "auto", "onnxruntime_1_thread"}
+    assert digits["scoring"]["auto_backend"]["decisions"] and digits["scoring"]["best_seed"]["auto"] >= 0
+    assert set(digits["optimize"]["s_per_iteration"]) >= {"torch", "onnxruntime_forward", "auto"}

@@ -106,6 +106,25 @@ def test_dynamic_hw_fp16_external_data(tmp_path, tiny_unet_loaded, tiny_denoiser
     assert rel_err(out, ref) < UNET_ULPS * eps(torch.float16)
 
 
+def test_weights_the_exporter_spilled_are_gathered_into_one_file(sdxl_export, ort_den, tmp_path):
+    """Over 2 GB the exporter writes one file per weight; the re-save streams them into model.onnx.data one tensor
+    at a time (the full-size SDXL UNet's export, bench/realscale.py). Simulated here: the tiny export spilled."""
+    import onnx
+
+    from noisefast.denoisers.onnx_export import _resave
+
+    raw = tmp_path / "raw" / "model.onnx"
+    raw.parent.mkdir()
+    onnx.save_model(onnx.load(str(sdxl_export)), str(raw), save_as_external_data=True, all_tensors_to_one_file=False,
+                    size_threshold=0)  # fmt: skip
+    assert len(list(raw.parent.iterdir())) > 10
+    weight_bytes, external = _resave(raw, tmp_path / "model.onnx", "auto")
+    assert external and (tmp_path / DATA_FILE).stat().st_size >= weight_bytes - 2**16
+    session = OnnxRuntimeDenoiser(tmp_path / "model.onnx", num_threads=1)
+    x, t, cond = inputs(2)
+    assert torch.equal(session(x, t, cond), ort_den(x, t, cond))  # the same graph and weights
+
+
 def test_reexport_replaces_and_refuses_foreign_folder(tmp_path, tiny_unet_loaded):
     out = tmp_path / "unet"
     first = export_unet_onnx(tiny_unet_loaded, out, seq_len=SEQ, external_data=True)

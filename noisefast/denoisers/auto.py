@@ -18,11 +18,14 @@ this model (weights fingerprint), device, dtype, thread count and library versio
    load average, time) is written atomically to the cache.
 
 Candidates (`candidate_backends`): eager ``torch`` always; ``onnxruntime`` when installed (CPU, or CUDA
-with onnxruntime-gpu); ``tensorrt`` when importable on CUDA; ``compile`` on CUDA. Not tried, with the
-measured reason (reported in `describe` as ``excluded``):
-  * ``compile`` on CPU — built-in model, 1 thread, 2-core Xeon (bench/results/compile-cpu-2026-12-07.md): cold
-    compilation 112 + 53 + 94 s for its three batch ranges, 23 s per new process with inductor's cache warm,
-    then 73 vs 80 ms per call (1.1× eager) where ONNX Runtime does 65 ms after a 1 s export: it never pays back.
+with onnxruntime-gpu) — on a multi-core CPU without a configured thread count both its all-cores pool and
+``onnxruntime-1thread``, since which pays depends on the model's size and the machine's load (measured:
+bench/results/ort-threads-2026-12-07.md); ``tensorrt`` when importable on CUDA; ``compile`` on CUDA. Not
+tried, with the measured reason (reported in `describe` as ``excluded``):
+  * ``compile`` on CPU — built-in model, 200-seed select, 1 thread, 2-core Xeon under load ≈ 5
+    (bench/results/compile-cpu-2026-12-07.md): 240 s of compilation cold (3 graphs), 35–45 s per new process
+    with inductor's cache warm (dynamo retraces every graph), for a select eager torch runs in ~10 s; then
+    109 vs 117 ms per call (1.07× eager) where ONNX Runtime does 91 ms after a 1 s export: it never pays back.
   * exports of UNets over `EXPORT_PARAM_LIMIT` parameters on CPU, unless already in the cache: the full-size
     SDXL UNet's export takes minutes and ~14 GB of memory (bench/results/realscale-*.md); run
     ``noisefast export`` or ``--backend onnxruntime`` once to make it, after which ``auto`` measures it.
@@ -39,14 +42,15 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 
 from noisefast.denoisers.base import Condition, wants_grad
-from noisefast.denoisers.cache import (cache_dir as cache_root, device_identity, digest, library_versions, module_fingerprint,
+from noisefast.denoisers.cache import (available_cores, cache_dir as cache_root, device_identity, digest, library_versions, module_fingerprint,
                                        read_entry, write_entry)
 
+ORT_ONE_THREAD = "onnxruntime-1thread"  # ONNX Runtime on one intra-op thread (beside the all-cores pool)
 ROUNDS = 5  # timed rounds per candidate when one call takes < 0.2 s (3 below 2 s, else 1)
 MARGIN = 0.05  # a non-eager backend must be this much faster than eager torch to be chosen
 EXPORT_PARAM_LIMIT = 500_000_000  # CPU: no automatic export above this (SDXL's UNet: 2.57 B)
-COMPILE_CPU_REASON = ("not tried on CPU: measured 1.1× eager per call after 23 s of warm-up per process (cold: "
-                      "minutes), slower than ONNX Runtime (bench/results/compile-cpu-2026-12-07.md)")
+COMPILE_CPU_REASON = ("not tried on CPU: measured 1.07× eager per call after 35–45 s of warm-up per process (cold: "
+                      "4–5.5 min), slower than ONNX Runtime (bench/results/compile-cpu-2026-12-07.md)")
 
 
 @dataclass
@@ -154,6 +158,10 @@ class AutoDenoiser:
             if name in self.candidates and name != "torch":
                 self.candidates.remove(name)
                 self.excluded[name] = why
+        if "onnxruntime" in self.candidates and threads is None and self.device.type == "cpu" and available_cores() > 1:
+            # how many threads pay depends on the model's size and the machine's load (bench/results/ort-threads-*):
+            # both pools are timed; they share one export and one decision
+            self.candidates.insert(self.candidates.index("onnxruntime") + 1, ORT_ONE_THREAD)
         self._dens: dict[tuple, object] = {("torch", 0): self.autograd}
         self._setup_s: dict[str, float] = {}
         self.artefacts: dict[str, dict] = {}  # candidate → what its one-time setup made or reused (export, caches)
@@ -217,14 +225,15 @@ class AutoDenoiser:
         if name == "compile":
             self.artefacts["compile"] = {"inductor_cache": os.environ.get("TORCHINDUCTOR_CACHE_DIR")}
             return make_denoiser(self.unet, "compile", cache_dir=self.root)
-        if name == "onnxruntime":
+        if name in ("onnxruntime", ORT_ONE_THREAD):
             from noisefast.denoisers.onnx_cache import cached_export, ort_export_options
             from noisefast.denoisers.ort import OnnxRuntimeDenoiser
 
             path, fresh = cached_export(self.unet, self.root, ort_export_options(self.unet))
-            self.artefacts["onnxruntime"] = {"export": str(path.parent), "exported_now": fresh}
-            den = OnnxRuntimeDenoiser(path, num_threads=self.threads, autograd=self.autograd)
-            self.artefacts["onnxruntime"]["threads"] = den.threads
+            art = self.artefacts.setdefault("onnxruntime", {"export": str(path.parent), "exported_now": fresh})
+            den = OnnxRuntimeDenoiser(path, num_threads=1 if name == ORT_ONE_THREAD else self.threads,
+                                      autograd=self.autograd)
+            art.setdefault("threads", {})[name] = den.threads
             return den
         return make_denoiser(self.unet, "tensorrt", cache_dir=self.root, profiles=((1, rows, rows),))
 
@@ -314,4 +323,4 @@ def _shape_dict(shape: tuple) -> dict:
     return {"rows_bucket": rows, "latent": list(latent), "dtype": dtype, "condition": {f: list(s) for f, s in conds}}
 
 
-__all__ = ["AutoDenoiser", "Decision", "EXPORT_PARAM_LIMIT", "MARGIN", "ROUNDS", "bucket", "candidate_backends", "choose"]
+__all__ = ["AutoDenoiser", "Decision", "EXPORT_PARAM_LIMIT", "MARGIN", "ORT_ONE_THREAD", "ROUNDS", "bucket", "candidate_backends", "choose"]

@@ -14,13 +14,15 @@ Compilations, and why there are so few (`compiled_graphs` counts them):
 3. **No restarted trace**: python floats stay specialised (``specialize_float``), which spares dynamo a second
    full trace of the UNet (its "restart analysis" for tensorified scalars) on every compilation.
 4. **Persistent caches**: inductor's FX-graph and AOT-autograd caches live in the noisefast cache folder
-   (`noisefast.denoisers.cache.use_inductor_cache`), so another process skips the inductor compilation; dynamo
-   still traces the UNet once per graph (seconds).
+   (`noisefast.denoisers.cache.use_inductor_cache`), so another process skips inductor's code generation
+   (240 s → 45 s for the built-in model's three graphs); dynamo still traces the UNet once per graph and process.
 
-On CUDA the default mode is ``"reduce-overhead"`` (inductor with CUDA graphs: removes the launch overhead of
-the UNet's hundreds of kernels). On CPU inductor's default mode — measured on the built-in model it is
-barely faster than eager per call (1.1×) and ONNX Runtime is faster still with no compilation, so
-``backend="auto"`` does not try it on CPU (`noisefast.denoisers.auto`).
+Why it loses on CPU (bench/results/compile-cpu-2026-12-07.md, builtin:digits, 200 seeds): the warm run pays
+dynamo's trace of the UNet again in every process, per graph — 35 s (static shapes, 4 graphs) or 45 s
+(dynamic batch, 3 graphs: symbolic shapes trace slower) of a select eager torch finishes in ~10 s — and
+then runs 1.07× eager per call, behind ONNX Runtime. So ``backend="auto"`` does not try it on CPU
+(`noisefast.denoisers.auto`). On CUDA the default mode is ``"reduce-overhead"`` (inductor with CUDA graphs:
+removes the launch overhead of the UNet's hundreds of kernels).
 
 Gradients: a call whose inputs require grad runs the eager UNet (``autograd``), so noise optimization
 runs each checkpointed step's forward compiled and recomputes it in eager torch for the backward — no

@@ -145,6 +145,52 @@ def _trace_to_onnx(wrapper, args, path: Path, *, opset, dynamic_batch, dynamic_h
         )
 
 
+def _resave(raw: Path, dest: Path, external_data) -> tuple[int, bool]:
+    """``raw`` (the exporter's graph, its weights inline or in per-tensor files beside it) as ``dest`` and, when
+    external, one ``model.onnx.data``; returns (weight bytes, external).
+
+    Weights the exporter already wrote outside the graph (models over 2 GB) are copied into the data file one
+    tensor at a time: the full-size SDXL UNet's ~10 GB are never all in memory next to the module (a plain
+    ``onnx.load`` + ``save_model`` would hold them twice)."""
+    import onnx
+
+    model = onnx.load(str(raw), load_external_data=False)
+    inits = model.graph.initializer
+    if not any(t.data_location == onnx.TensorProto.EXTERNAL for t in inits):  # small: the library re-saves it
+        model = onnx.load(str(raw))
+        weight_bytes = sum(t.ByteSize() for t in model.graph.initializer)
+        external = weight_bytes > _EXTERNAL_DATA_LIMIT if external_data == "auto" else external_data
+        onnx.save_model(model, str(dest), save_as_external_data=external, all_tensors_to_one_file=True,
+                        location=DATA_FILE, size_threshold=1024)
+        return weight_bytes, bool(external)
+    if external_data is False:
+        raise ValueError("this model's weights are over protobuf's 2 GB limit: it needs external_data (True or 'auto')")
+    weight_bytes = 0
+    with open(dest.parent / DATA_FILE, "wb") as out:
+        for t in inits:
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                info = {e.key: e.value for e in t.external_data}
+                with open(raw.parent / info["location"], "rb") as f:
+                    f.seek(int(info.get("offset", 0)))
+                    data = f.read(int(info["length"])) if "length" in info else f.read()
+            elif t.HasField("raw_data") and len(t.raw_data) >= 1024:
+                data = t.raw_data
+                t.ClearField("raw_data")
+            else:
+                weight_bytes += t.ByteSize()
+                continue
+            out.seek((out.tell() + 4095) // 4096 * 4096)  # page-aligned, as onnx's own writer does
+            offset = out.tell()
+            out.write(data)
+            weight_bytes += len(data)
+            del t.external_data[:]
+            for k, v in (("location", DATA_FILE), ("offset", str(offset)), ("length", str(len(data)))):
+                t.external_data.add(key=k, value=v)
+            t.data_location = onnx.TensorProto.EXTERNAL
+    onnx.save_model(model, str(dest))
+    return weight_bytes, True
+
+
 def export_unet_onnx(
     unet,
     out_dir,
@@ -210,12 +256,7 @@ def export_unet_onnx(
                            dynamic_seq=dynamic_seq,
                            exporter=exporter)
         # 3. Re-save as one graph file (+ one weight file when large), then check the result.
-        model = onnx.load(str(raw))
-        weight_bytes = sum(t.ByteSize() for t in model.graph.initializer)
-        external = weight_bytes > _EXTERNAL_DATA_LIMIT if external_data == "auto" else external_data
-        onnx.save_model(model, str(tmp / MODEL_FILE), save_as_external_data=external,
-                        all_tensors_to_one_file=True, location=DATA_FILE, size_threshold=1024)
-        del model
+        weight_bytes, external = _resave(raw, tmp / MODEL_FILE, external_data)
         shutil.rmtree(raw.parent)
         onnx.checker.check_model(str(tmp / MODEL_FILE))
         # 4. Metadata, with the content hash engines are keyed by.
