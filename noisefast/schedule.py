@@ -67,6 +67,11 @@ class Move:
     alpha_from: float
     alpha_to: float
 
+    @property
+    def coefficients(self) -> tuple[float, float]:
+        """The coefficient pair `noisefast.ops.ddim_move` takes: (ᾱ_from, ᾱ_to)."""
+        return (self.alpha_from, self.alpha_to)
+
 
 @dataclass(frozen=True, eq=False)
 class DDIMSchedule:

@@ -18,7 +18,7 @@ from noisefast.defaults import DEFAULT_BATCH_SIZE, DEFAULT_GUIDANCE_SCALE, DEFAU
 from noisefast.denoisers.base import Condition, Denoiser
 from noisefast.denoisers.guidance import check_guidance_scale
 from noisefast.progress import ProgressFn
-from noisefast.schedule import DDIMSchedule
+from noisefast.flow_schedule import Schedule
 from noisefast.seeds import check_latent_shape, check_seeds
 from noisefast.transform import check_max_batch
 
@@ -83,7 +83,7 @@ class SelectionInterrupted(KeyboardInterrupt):
 
 def select_noise(
     den: Denoiser,
-    sched: DDIMSchedule,
+    sched: Schedule,
     cond: Condition,  # batch 1: one prompt for every candidate
     seeds: Iterable[int] | None = None,
     k: int | None = None,

@@ -36,13 +36,14 @@ from noisefast.defaults import DEFAULT_GUIDANCE_SCALE, DEFAULT_INVERSION_GUIDANC
 from noisefast.denoisers.base import Condition, Denoiser
 from noisefast.denoisers.guidance import (DENOISE_RULE, INVERSION_RULE, GuidedDenoiser, check_condition_batch,
                                          check_guidance_scale)
-from noisefast.schedule import DDIMSchedule, Move
+from noisefast.flow_schedule import Schedule, check_schedule
+from noisefast.schedule import Move
 
 
 
 def denoise(
     den: Denoiser,
-    sched: DDIMSchedule,
+    sched: Schedule,
     noise: torch.Tensor,  # [B, C, H, W] ε = x_T
     cond: Condition,  # batch B or 1
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
@@ -59,7 +60,7 @@ def denoise(
 
 def invert(
     den: Denoiser,
-    sched: DDIMSchedule,
+    sched: Schedule,
     x0: torch.Tensor,  # [B, C, H, W] clean latent
     cond: Condition,  # batch B or 1
     guidance_scale: float = DEFAULT_INVERSION_GUIDANCE_SCALE,
@@ -76,7 +77,7 @@ def invert(
 
 def transform(
     den: Denoiser,
-    sched: DDIMSchedule,
+    sched: Schedule,
     noise: torch.Tensor,  # [B, C, H, W] ε
     cond: Condition,  # batch B or 1
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
@@ -129,8 +130,7 @@ def check_max_batch(max_batch) -> int | None:
 
 def _run(den, sched, x, cond, phases, max_batch, return_intermediates, use_checkpoint, name="noise"):
     """Validate, then run the phases (schedule attribute naming the moves, guidance) chunk by chunk."""
-    if not isinstance(sched, DDIMSchedule):
-        raise TypeError(f"sched must be a noisefast DDIMSchedule, got {type(sched).__name__}")
+    check_schedule(sched)
     check_latents(x, den, name)
     for moves, _, _ in phases:
         if not getattr(sched, moves):  # an inversion-only schedule (num_steps=0)
@@ -165,7 +165,7 @@ def _run_moves(
     guided: GuidedDenoiser,
     moves: tuple[Move, ...],
     x: torch.Tensor,  # [b, C, H, W]
-    sched: DDIMSchedule,
+    sched: Schedule,
     keep: list | None,
     checkpointed,  # None, _RecomputedStep.apply or _checkpoint_step
 ) -> torch.Tensor:  # [b, C, H, W]
@@ -176,14 +176,16 @@ def _run_moves(
     return x
 
 
-def _step(guided: GuidedDenoiser, move: Move, x: torch.Tensor, sched: DDIMSchedule) -> torch.Tensor:
-    """One guided DDIM move: (m_c, m_u) = guided(x, t);  x' = ddim_move(x, m_c, ᾱ_from, ᾱ_to, m_u, w)."""
+def _step(guided: GuidedDenoiser, move: Move, x: torch.Tensor, sched: Schedule) -> torch.Tensor:
+    """One guided move: (m_c, m_u) = guided(x, t);  x' = ddim_move(x, m_c, c_from, c_to, m_u, w) with the move's
+    coefficient pair — (ᾱ_from, ᾱ_to) for DDIM, (σ_from, σ_to) for the flow-matching Euler move."""
     m_c, m_u = guided(x, move.t)
+    c_from, c_to = move.coefficients
     return ops.ddim_move(
         x,
         m_c,
-        move.alpha_from,
-        move.alpha_to,
+        c_from,
+        c_to,
         model_out_uncond=m_u,
         guidance_scale=guided.guidance_scale,
         prediction_type=sched.prediction_type,
@@ -191,7 +193,7 @@ def _step(guided: GuidedDenoiser, move: Move, x: torch.Tensor, sched: DDIMSchedu
     )
 
 
-def _checkpoint_step(guided: GuidedDenoiser, move: Move, x: torch.Tensor, sched: DDIMSchedule) -> torch.Tensor:
+def _checkpoint_step(guided: GuidedDenoiser, move: Move, x: torch.Tensor, sched: Schedule) -> torch.Tensor:
     """`_step` under ``torch.utils.checkpoint`` (non-reentrant): gradients reach condition tensors too."""
     return _checkpoint(_step, guided, move, x, sched, use_reentrant=False)
 
