@@ -1,4 +1,5 @@
-"""`Engine`: a loaded model (SDXL, SDXL-Turbo or a built-in pixel model) and the four algorithms over it.
+"""`Engine`: a loaded model (SDXL, SDXL-Turbo, SD3/SD3.5, FLUX.1 or a built-in pixel model) and the four
+algorithms over it.
 
     engine = Engine.from_pretrained("stabilityai/sdxl-turbo")       # or a local folder, or "builtin:digits"
     sel = engine.select("a red fox in snow", seeds=range(100))       # Algorithm 1 → .best_seed, .scores
@@ -14,7 +15,10 @@ condition is encoded once and cached; ``condition=`` passes a precomputed one in
 The noise of a seed is what diffusers' ``StableDiffusionXLPipeline`` draws for
 ``generator=torch.Generator("cpu").manual_seed(seed)``, and `generate` denoises it with the DDIM schedule
 built from the model's scheduler config, so a seed chosen here gives the same final latents in a stock
-pipeline with ``DDIMScheduler.from_config(...)``.
+pipeline with ``DDIMScheduler.from_config(...)``. SD3 and FLUX models step the flow-matching Euler schedule of
+their own ``FlowMatchEulerDiscreteScheduler`` and draw what ``StableDiffusion3Pipeline`` / ``FluxPipeline``
+draw (FLUX: the [C, H/8, W/8] latent before the pipeline packs it); what differs per model is its
+`noisefast.architectures` object (``model.arch``: latent shape, schedule, guidance scales, denoiser).
 
 Batch sizes: rows go through the UNet ``batch_size`` at a time (default 8). For the shape-specialised
 backends (``compile``, ``tensorrt``) a short last batch is padded to a power-of-two bucket
@@ -23,7 +27,6 @@ backends (``compile``, ``tensorrt``) a short last batch is padded to a power-of-
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import asdict
@@ -36,13 +39,13 @@ from noisefast.defaults import DEFAULT_BATCH_SIZE, DEFAULT_ITERATIONS, DEFAULT_M
 from noisefast.denoisers.base import Condition
 from noisefast.denoisers.fastpath import FastPathOptions
 from noisefast.denoisers.guidance import needs_negative
-from noisefast.engine_fastpath import GraphCache, make_engine_denoiser
+from noisefast.engine_fastpath import GraphCache
 from noisefast.engine_results import Generation, Optimization
 from noisefast.errors import InputError
 from noisefast.loading import LoadedModel, load_model
 from noisefast.optimize import optimize_noise
 from noisefast.progress import ProgressFn
-from noisefast.schedule import DDIMSchedule
+from noisefast.flow_schedule import Schedule
 from noisefast.seeds import check_seeds, noise_from_seeds
 from noisefast.selection import Selection, select_many
 from noisefast.settings import Settings, check_fits_memory, check_float, check_int, resolve_settings
@@ -65,7 +68,7 @@ class Engine:
         self.model = model
         self.backend = backend
         self.fast_path = fast_path
-        self.den = make_engine_denoiser(model.unet, backend, fast_path)
+        self.den = model.arch.make_denoiser(backend, fast_path)  # UNet (any backend, fast path) or SD3/FLUX transformer
         self._graphs = GraphCache(self) if fast_path is not None and fast_path.cuda_graph else None
         self.defaults: ModelDefaults = model.defaults
         self.batch_size = None if batch_size is None else check_int("batch_size", batch_size)
@@ -122,9 +125,7 @@ class Engine:
         batch_size: int | None = None,
     ) -> Settings:
         """The model's defaults with the given overrides, each checked (an `InputError` names the bad one)."""
-        multiple = self._size_multiple()
-        why = (f"this model's UNet halves the image {int(math.log2(multiple))} time(s)" if self.kind == "pixel"
-               else f"the VAE maps {multiple}×{multiple} pixels to one latent")  # fmt: skip
+        multiple, why = self.model.arch.size_multiple()
         return resolve_settings(
             self.defaults, multiple, why, height=height, width=width, steps=steps, inversion_steps=inversion_steps,
             guidance_scale=guidance_scale, inversion_guidance_scale=inversion_guidance_scale,
@@ -141,15 +142,9 @@ class Engine:
             return settings
         return self.settings(**given)
 
-    def _size_multiple(self) -> int:
-        if self.kind == "pixel":  # no VAE: the UNet's downsampling sets the granularity
-            return 2 ** (len(self.model.unet.config.block_out_channels) - 1)
-        return self.model.spatial_factor
-
     def latent_shape(self, s: Settings) -> tuple[int, int, int]:
-        """Per-sample latent shape (C, H/f, W/f)."""
-        f = self.model.spatial_factor
-        return (int(self.model.unet.config.in_channels), s.height // f, s.width // f)
+        """Per-sample latent shape (C, H/f, W/f) (FLUX: before the 2×2 packing, as its pipeline draws it)."""
+        return self.model.arch.latent_shape(s.height, s.width)
 
     def batch_size_for(self, s: Settings) -> int:
         """Rows per UNet batch for ``s``, after checking a batch that size fits the device's memory.
@@ -158,16 +153,21 @@ class Engine:
         """
         d = self.defaults
         rows = s.batch_size or (d.batch_size if s.height * s.width <= d.height * d.width else DEFAULT_BATCH_SIZE)
-        check_fits_memory(rows, self.latent_shape(s), int(self.model.unet.config.block_out_channels[0]), self.dtype,
-                          self.device, cfg=self._with_negative(s))  # fmt: skip
+        check_fits_memory(rows, self.latent_shape(s), self.model.arch.memory_width, self.dtype, self.device,
+                          cfg=self._with_negative(s))  # fmt: skip
         return rows
 
-    def schedule(self, s: Settings) -> DDIMSchedule:
-        """The DDIM schedule (denoise and inversion moves) from the model's scheduler config."""
+    def schedule(self, s: Settings) -> Schedule:
+        """The denoise and inversion moves from the model's scheduler config: DDIM, or flow-matching Euler."""
         try:
-            return DDIMSchedule.from_config(self.model.scheduler_config, s.steps, s.inversion_steps)
+            return self.model.arch.schedule(s.steps, s.inversion_steps, s.height, s.width)
         except ValueError as e:
             raise InputError(str(e)) from None
+
+    def guidance_scales(self, s: Settings) -> tuple[float, float]:
+        """(w_d, w_i) the sampler runs with: ``s``'s scales, except for models that embed the denoising guidance
+        instead of running CFG (FLUX.1-dev: ``Condition.guidance`` = w_d, no CFG; `noisefast.architectures`)."""
+        return self.model.arch.guidance_scales(s.guidance_scale, s.inversion_guidance_scale)
 
     def condition(self, prompt: str, negative_prompt: str | None = None, settings: Settings | None = None) -> Condition:
         """The condition (batch 1) for ``prompt``, encoded once and cached; the unconditional half is encoded
@@ -186,7 +186,7 @@ class Engine:
                 self._conditions.popitem(last=False)
         else:
             self._conditions.move_to_end(key)
-        return cond
+        return self.model.arch.condition(cond, s.guidance_scale)  # FLUX.1-dev: + the embedded guidance
 
     def encode(self, prompt: str | list[str], negative_prompt: str | None = None, s: Settings | None = None) -> Condition:
         """The condition for ``prompt`` or a list of prompts (one row each), encoded now (not cached)."""
@@ -195,11 +195,10 @@ class Engine:
             return self.model.encoder(prompt, negative_prompt, height=s.height, width=s.width,
                                       with_negative=self._with_negative(s), device=self.device)  # fmt: skip
 
-    @staticmethod
-    def _with_negative(s: Settings) -> bool:
+    def _with_negative(self, s: Settings) -> bool:
         """Whether some step runs the unconditional half: denoising with CFG (w > 1), or an inversion mix other
         than the conditional one (w_i ≠ 1; `noisefast.denoisers.guidance.needs_negative`)."""
-        return needs_negative(s.guidance_scale, s.inversion_guidance_scale)
+        return needs_negative(*self.guidance_scales(s))
 
     def _cond(self, prompt, negative_prompt, condition, s: Settings) -> Condition:
         if condition is not None:
@@ -207,7 +206,7 @@ class Engine:
                 raise InputError("pass a prompt or condition=, not both")
             if not isinstance(condition, Condition) or condition.batch_size != 1:
                 raise InputError("condition must be a noisefast Condition with batch 1")
-            return condition.to(device=self.device)
+            return self.model.arch.condition(condition.to(device=self.device), s.guidance_scale)
         if prompt is None:
             raise InputError("a prompt (or condition=) is required")
         return self.condition(prompt, negative_prompt, s)
@@ -242,10 +241,10 @@ class Engine:
             from noisefast.hostnoise import SeedNoise
 
             draw = SeedNoise(self.latent_shape(s), rows, self.dtype, self.device)
+        w_d, w_i = self.guidance_scales(s)
         return RowScorer(
-            self.den, self.schedule(s), shape=self.latent_shape(s), guidance_scale=s.guidance_scale,
-            inversion_guidance_scale=s.inversion_guidance_scale, dtype=self.dtype, device=self.device,
-            buckets=buckets, chain=chain, draw=draw,
+            self.den, self.schedule(s), shape=self.latent_shape(s), guidance_scale=w_d, inversion_guidance_scale=w_i,
+            dtype=self.dtype, device=self.device, buckets=buckets, chain=chain, draw=draw,
         )  # fmt: skip
 
     # --- Definition 1, Algorithm 1 -----------------------------------------------------------------------
@@ -267,8 +266,8 @@ class Engine:
             return torch.cat([p.scores for p in parts])
         eps, _ = self._noise_or_seeds(None, noise, s)
         with torch.inference_mode():
-            scores = stability_score(self.den, self.schedule(s), eps.to(self.dtype), cond, s.guidance_scale,
-                                     s.inversion_guidance_scale, max_batch=self.batch_size_for(s))  # fmt: skip
+            scores = stability_score(self.den, self.schedule(s), eps.to(self.dtype), cond, *self.guidance_scales(s),
+                                     max_batch=self.batch_size_for(s))  # fmt: skip
         return scores.float().cpu()
 
     def select(self, prompt: str | Sequence[str] | None = None, seeds: Iterable[int] = range(100), *,
@@ -337,9 +336,10 @@ class Engine:
                 progress(state.step + 1, state.steps + 1)
             return None if user_callback is None else user_callback(state)
 
+        w_d, w_i = self.guidance_scales(s)
         result = optimize_noise(
             self.den, self.schedule(s), eps.float(), cond, iterations, lr, momentum,
-            guidance_scale=s.guidance_scale, inversion_guidance_scale=s.inversion_guidance_scale,
+            guidance_scale=w_d, inversion_guidance_scale=w_i,
             target_stability=target, max_batch=self.batch_size_for(s), callback=step_callback, nesterov=nesterov,
             grad_clip=grad_clip, checkpoint=checkpoint,
             renorm=self.defaults.optimize_renorm if renorm is None else bool(renorm),
@@ -352,14 +352,14 @@ class Engine:
                  height: int | None = None, width: int | None = None, steps: int | None = None,
                  inversion_steps: int | None = None, guidance_scale: float | None = None,
                  inversion_guidance_scale: float | None = None, batch_size: int | None = None) -> Generation:  # fmt: skip
-        """D(ε): the DDIM denoising loop from each seed's noise (or ``noise``), decoded to PIL images."""
+        """D(ε): the denoising loop (DDIM or flow Euler) from each seed's noise (or ``noise``), decoded to PIL images."""
         s = self._resolve(settings, dict(height=height, width=width, steps=steps, inversion_steps=inversion_steps,
                                          guidance_scale=guidance_scale, inversion_guidance_scale=inversion_guidance_scale,
                                          batch_size=batch_size))  # fmt: skip
         cond = self._cond(prompt, negative_prompt, condition, s)
         eps, seeds = self._noise_or_seeds(seeds, noise, s)
         with torch.inference_mode():
-            x0 = denoise(self.den, self.schedule(s), eps.to(self.dtype), cond, s.guidance_scale,
+            x0 = denoise(self.den, self.schedule(s), eps.to(self.dtype), cond, self.guidance_scales(s)[0],
                          max_batch=self.batch_size_for(s))  # fmt: skip
         images = self.decode(x0) if decode else []
         return Generation(images=images, latents=x0, noise=eps, seeds=seeds)
@@ -376,6 +376,8 @@ class Engine:
             "folder": str(m.folder),
             "kind": m.kind,
             "family": m.defaults.family,
+            "sampler": m.arch.sampler,  # "DDIM" or "Euler (flow matching)"
+            "guidance": m.arch.guidance,  # the denoising scale: "classifier-free" or "embedded" (FLUX.1-dev)
             "device": str(m.device),
             "dtype": str(m.dtype).replace("torch.", ""),
             "backend": self.backend,

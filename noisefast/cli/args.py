@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from noisefast.defaults import DEFAULT_ITERATIONS, DEFAULT_MOMENTUM
+from noisefast.defaults import DEFAULT_ITERATIONS, DEFAULT_MOMENTUM, FAMILIES
 from noisefast.denoisers.backends import BACKENDS
 from noisefast.denoisers.fastpath import ATTENTION
 from noisefast.errors import InputError
@@ -128,8 +128,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="CPU threads for torch (default: 1 for pixel models on CPU, whose tiny layers lose to "
                         "threading overhead; torch's default otherwise)")  # fmt: skip
     g.add_argument("--variant", help="diffusers weight variant to load, e.g. fp16")
-    g.add_argument("--family", choices=("sdxl", "sdxl-turbo"),
-                   help="force SDXL or SDXL-Turbo defaults (default: detected from the scheduler and name)")  # fmt: skip
+    g.add_argument("--family", choices=FAMILIES,
+                   help="force a family's defaults: sdxl/sdxl-turbo for SDXL, sd3/sd3-turbo for SD3, flux-dev/"
+                        "flux-schnell for FLUX (default: detected from the scheduler, transformer and name)")  # fmt: skip
     g.add_argument("--strict", action="store_true",
                    help="refuse to run without the fused kernels (instead of the slower pure-torch fallback)")
     f = p.add_argument_group("GPU fast path (noisefast.denoisers.fastpath)")
@@ -170,8 +171,8 @@ def add_seed_arguments(p: argparse.ArgumentParser, *, default: str, help_: str) 
 
 def add_settings_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling (defaults come from the model)")
-    g.add_argument("--steps", type=positive_int, help="DDIM denoising steps")
-    g.add_argument("--inversion-steps", type=positive_int, help="DDIM inversion steps")
+    g.add_argument("--steps", type=positive_int, help="denoising steps (DDIM, or Euler for SD3/FLUX)")
+    g.add_argument("--inversion-steps", type=positive_int, help="inversion steps")
     g.add_argument("--guidance", type=guidance_float, help="classifier-free guidance scale of denoising (> 1 runs CFG)")
     g.add_argument("--inversion-guidance", type=guidance_float,
                    help="inversion guidance w_i: m = m_u + w_i·(m_c − m_u) for every w_i; 1 = conditional (the paper's "
