@@ -1,0 +1,93 @@
+"""SD3 / FLUX folders through every door: ``noisefast select`` (the best seed reproduces in the stock pipeline and
+decodes to the stock pipeline's image), ``POST /v1/select`` and ``noisefast screen`` — tiny pipelines."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from _flow_helpers import stock_latents, stock_latents64
+from _tolerance import assert_close_to_reference
+from noisefast.pipeline import Engine
+
+FAST = dict(height=64, width=64, steps=2, inversion_steps=2)
+CLI_FAST = ["--height", "64", "--width", "64", "--steps", "2", "--inversion-steps", "2", "--threads", "1"]
+GUIDANCE = {"sd3": 7.0, "flux-dev": 3.5}
+
+
+@pytest.mark.parametrize("name", ["sd3", "flux-dev"])
+def test_cli_select_best_seed_reproduces_in_the_stock_pipeline(name, tiny_flow_folders, tmp_path, quiet_env, capsys):
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline
+
+    from noisefast.cli import main
+
+    folder, out, w = tiny_flow_folders[name], tmp_path / "out", GUIDANCE[name]
+    assert main(["select", "--model", str(folder), "--prompt", "a red fox", "--seeds", "0:4", *CLI_FAST,
+                 "--out", str(out)]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "Euler (flow matching) 2 steps" in printed and ("(embedded)" in printed) == (name == "flux-dev")
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["kind"] == ("sd3" if name == "sd3" else "flux") and report["settings"]["guidance_scale"] == w
+    (rec,) = report["runs"]
+    best = rec["best_seed"]
+    assert best == rec["seeds"][int(np.argmax(rec["scores"]))] and len(rec["scores"]) == 4
+
+    # the stock pipeline with Generator("cpu").manual_seed(best) gives the same x₀ (flash rule vs float64) ...
+    cls = StableDiffusion3Pipeline if name == "sd3" else FluxPipeline
+    pipe = cls.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    gen = Engine.from_pretrained(folder).generate("a red fox", [best], guidance_scale=w, **FAST)
+    ref = stock_latents(pipe, "a red fox", best, height=64, width=64, steps=2, guidance=w)
+    # ... and the same image: the stock pipeline decodes (FLUX: unpacks, then scale and shift) as the engine does
+    stock_img = pipe("a red fox", height=64, width=64, num_inference_steps=2, guidance_scale=w, output_type="np",
+                     generator=torch.Generator("cpu").manual_seed(best)).images[0]  # fmt: skip
+    with Image.open(out / "best.png") as im:
+        png = np.asarray(im).astype(np.int16)
+    # the CLI generated best and worst in one batch, this call the best alone: a transformer's float32 matmuls round
+    # by batch size, so 8-bit pixels may differ by one quantisation step (PIL stores round(255·v))
+    assert np.abs(png - np.asarray(gen.images[0])).max() <= 1
+    assert np.abs(png / 255.0 - stock_img).max() <= 1.5 / 255
+    ref64 = stock_latents64(pipe, "a red fox", best, height=64, width=64, steps=2, guidance=w)
+    assert_close_to_reference(gen.latents, ref, ref64, name=f"{name} best seed latents")
+
+
+@pytest.fixture(scope="module")
+def flux_engine(tiny_flow_folders):
+    threads = torch.get_num_threads()
+    yield Engine.from_pretrained(tiny_flow_folders["flux-dev"])
+    torch.set_num_threads(threads)
+
+
+def test_serve_select_equals_the_engine(flux_engine):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from _serve_helpers import run, served
+
+    async def go():
+        async with served(flux_engine) as c:
+            return await c.post("/v1/select", json={"prompt": "a red fox", "seeds": {"start": 0, "stop": 6},
+                                                    "settings": FAST})  # fmt: skip
+
+    r = run(go())
+    assert r.status_code == 200, r.text
+    got, sel = r.json(), flux_engine.select("a red fox", range(6), **FAST)
+    assert got["seeds"] == list(sel.seeds) and got["best_seed"] == sel.best_seed and got["source"] == "computed"
+    torch.testing.assert_close(torch.tensor(got["scores"]), sel.scores, atol=1e-6, rtol=0)
+
+
+def test_screen_rows_equal_engine_scores(tiny_flow_folders, tmp_path):
+    pytest.importorskip("pyarrow")
+    from noisefast.screen import load_scores, screen
+
+    engine = Engine.from_pretrained(tiny_flow_folders["sd3"])
+    prompts = ["a red fox", "a blue car"]
+    res = screen(prompts, range(4), tmp_path / "run", engine=engine, shard_size=4, batch_size=4,
+                 guidance_scale=GUIDANCE["sd3"], **FAST)  # fmt: skip
+    assert res.complete and res.rows == 8
+    df = load_scores(tmp_path / "run")
+    for prompt in prompts:
+        part = df[df["prompt"] == prompt].sort_values("seed")
+        want = engine.score(prompt, list(range(4)), guidance_scale=GUIDANCE["sd3"], batch_size=4, **FAST)
+        np.testing.assert_allclose(part["stability"].to_numpy(), want.double().numpy(), atol=1e-6, rtol=0)
