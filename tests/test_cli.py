@@ -54,8 +54,12 @@ def test_select_end_to_end_and_best_seed_reproduces_in_stock_pipeline(tiny_sdxl_
                     generator=torch.Generator("cpu").manual_seed(best), output_type="latent").images  # fmt: skip
     gen = Engine.from_pretrained(tiny_sdxl_folder).generate("a red fox", [best], height=64, width=64, steps=2,
                                                             guidance_scale=5.5)  # fmt: skip
+    # The CLI decoded its best seed in a batch with other seeds on 1 thread; here it is alone on pytest's threads.
+    # The latents then differ by float32 reduction-order rounding (~1e-6 relative), which can move a pixel across a
+    # uint8 rounding boundary: at most 1 level, and only where a value sits within ~1e-6·255 of a boundary.
     with Image.open(out / "best.png") as im:
-        assert np.array_equal(np.asarray(im), np.asarray(gen.images[0]))
+        diff = np.abs(np.asarray(im).astype(int) - np.asarray(gen.images[0]).astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())
     # flash rule against diffusers in float64 (tests/_tolerance.py): ≤ 2× diffusers' own float32 error + ulps
     ref64 = stock_sdxl_latents64(tiny_sdxl, "a red fox", best, height=64, width=64, steps=2, guidance=5.5)
     assert_close_to_reference(gen.latents, ref, ref64, name="best seed latents")
