@@ -8,6 +8,7 @@ from noisefast._ext import ExtensionFallbackWarning, build_info
 from noisefast.batching import RowScorer, ScoredRows, ScoreJob, score_stream
 from noisefast.defaults import ModelDefaults
 from noisefast.denoisers import Condition, Denoiser, GaussianMixtureDenoiser, GuidedDenoiser, UNetDenoiser, make_denoiser
+from noisefast.denoisers.flow import FluxDenoiser, SD3Denoiser
 from noisefast.denoisers.fastpath import FastPathOptions, prepare_unet
 from noisefast.denoisers.guidance import Guidance, describe_inversion_guidance, needs_negative
 from noisefast.denoisers.onnx_export import export_unet_onnx
@@ -16,6 +17,7 @@ from noisefast.graphs import GraphedScorer, GraphUnavailable
 from noisefast.errors import BackendUnavailableError, InputError, LimitError, ModelError, NoisefastError, OutputError
 from noisefast.optimize import OptimizeResult, OptimizeState, SavedBytes, optimize_noise, stability_grad
 from noisefast.pipeline import Engine
+from noisefast.flow_schedule import FlowMove, FlowSchedule
 from noisefast.schedule import DDIMSchedule, Move
 from noisefast.seeds import noise_from_seeds
 from noisefast.selection import Selection, SelectionInterrupted, select_many, select_noise
@@ -32,6 +34,9 @@ __all__ = [
     "Engine",
     "ExtensionFallbackWarning",
     "FastPathOptions",
+    "FlowMove",
+    "FlowSchedule",
+    "FluxDenoiser",
     "GaussianMixtureDenoiser",
     "Generation",
     "GraphUnavailable",
@@ -52,6 +57,7 @@ __all__ = [
     "ScoreJob",
     "ScoredRows",
     "SavedBytes",
+    "SD3Denoiser",
     "Selection",
     "SelectionInterrupted",
     "Settings",

@@ -143,18 +143,27 @@ class FlowArchitecture:
         return replace(cond, guidance=g)
 
     def make_denoiser(self, backend: str, fast_path):
+        """torch: `SD3Denoiser` / `FluxDenoiser`; onnxruntime: the SD3 transformer exported to ONNX (its velocity
+        is the graph's output, `noisefast.denoisers.onnx_export`); everything else is refused, saying why."""
         from noisefast.denoisers.flow import FluxDenoiser, SD3Denoiser
+        from noisefast.denoisers.onnx_export import FLUX_ONNX_UNAVAILABLE
 
         if fast_path is not None:
             raise BackendUnavailableError(
                 "the GPU fast path (--fast, --channels-last, --attention, --fuse-qkv, --cuda-graph, --pinned) is "
                 "implemented for UNet models; SD3/FLUX transformers run without it")  # fmt: skip
-        if backend != "torch":
-            raise BackendUnavailableError(
-                f"backend {backend!r} is not available for {self.kind.upper()} transformers: noisefast's compiled "
-                f"backends (compile, onnxruntime, tensorrt) wrap and export UNet2DConditionModel's interface only; "
-                f"use --backend torch")  # fmt: skip
-        return (SD3Denoiser if self.kind == "sd3" else FluxDenoiser)(self.transformer)
+        if backend == "torch":
+            return (SD3Denoiser if self.kind == "sd3" else FluxDenoiser)(self.transformer)
+        if backend == "onnxruntime" and self.kind == "flux":
+            raise BackendUnavailableError(FLUX_ONNX_UNAVAILABLE)
+        if backend == "onnxruntime":
+            from noisefast.denoisers.backends import make_denoiser
+
+            return make_denoiser(self.transformer, "onnxruntime")  # exported with dynamic batch, size and text length
+        raise BackendUnavailableError(
+            f"backend {backend!r} is not available for {self.kind.upper()} transformers: 'compile' and 'tensorrt' "
+            f"wrap and build UNet2DConditionModel's interface only; use --backend torch"
+            + (" or onnxruntime" if self.kind == "sd3" else ""))  # fmt: skip
 
 
 __all__ = ["FlowArchitecture", "UNetArchitecture"]

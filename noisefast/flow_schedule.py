@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from noisefast.schedule import DDIMSchedule, _as_mapping
+from noisefast.schedule import DDIMSchedule, ScheduleMoves, _as_mapping
 
 # FlowMatchEulerDiscreteScheduler.__init__ defaults (diffusers 0.42).
 FLOW_DEFAULTS = dict(
@@ -85,8 +85,9 @@ class FlowMove:
 
 
 @dataclass(frozen=True, eq=False)
-class FlowSchedule:
-    """The denoising and inversion Euler moves of a flow-matching schedule."""
+class FlowSchedule(ScheduleMoves):
+    """The denoising and inversion Euler moves of a flow-matching schedule; ``denoise_timesteps`` are
+    ``FlowMatchEulerDiscreteScheduler.timesteps`` (σ_k·T), ``invert_timesteps`` σ·T where each inversion move starts."""
 
     denoise_moves: tuple[FlowMove, ...]
     invert_moves: tuple[FlowMove, ...]
@@ -95,24 +96,6 @@ class FlowSchedule:
     config: Mapping  # the resolved config (defaults filled in)
     prediction_type: str = "flow"  # what `noisefast.ops.ddim_move` is told: the Euler move
     clip_sample_range: None = None  # no x̂₀ clipping in flow matching
-
-    @property
-    def num_steps(self) -> int:
-        return len(self.denoise_moves)
-
-    @property
-    def num_inversion_steps(self) -> int:
-        return len(self.invert_moves)
-
-    @property
-    def denoise_timesteps(self) -> tuple[float, ...]:
-        """``FlowMatchEulerDiscreteScheduler.timesteps`` after ``set_timesteps`` (σ_k·T, descending)."""
-        return tuple(m.t for m in self.denoise_moves)
-
-    @property
-    def invert_timesteps(self) -> tuple[float, ...]:
-        """Where the inversion evaluates the velocity: σ·T at the start of each move (ascending)."""
-        return tuple(m.t for m in self.invert_moves)
 
     @classmethod
     def from_config(cls, config, num_steps: int, num_inversion_steps: int | None = None, *, mu: float | None = None,

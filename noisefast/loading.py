@@ -233,7 +233,8 @@ def load_model(
     if kind in FLOW_KINDS:
         from noisefast.loading_flow import load_flow
 
-        return load_flow(kind, os.fspath(spec), folder, dev, dt, variant, family)
+        return LoadedModel(**load_flow(kind, os.fspath(spec), folder, dev, dt, variant, family,
+                                       dtype_kwarg=_dtype_kwarg(dt)))
     return _load_sdxl(os.fspath(spec), folder, dev, dt, variant, family)
 
 

@@ -20,7 +20,6 @@ from pathlib import Path
 from noisefast.architectures import FlowArchitecture
 from noisefast.defaults import FLOW_FAMILY_DEFAULTS, ModelDefaults
 from noisefast.errors import InputError, ModelError
-from noisefast.loading import LoadedModel, _dtype_kwarg
 
 
 def flow_defaults(kind: str, folder: Path, spec: str, arch: FlowArchitecture, family: str | None) -> ModelDefaults:
@@ -42,8 +41,10 @@ def flow_defaults(kind: str, folder: Path, spec: str, arch: FlowArchitecture, fa
     return d if cap is None or cap >= d.max_side else replace(d, max_side=cap)
 
 
-def load_flow(kind: str, spec: str, folder: Path, device, dtype, variant: str | None, family: str | None) -> LoadedModel:
-    """Load an SD3 (``kind="sd3"``) or FLUX (``"flux"``) pipeline folder onto ``device`` in ``dtype``."""
+def load_flow(kind: str, spec: str, folder: Path, device, dtype, variant: str | None, family: str | None, *,
+              dtype_kwarg: dict) -> dict:
+    """Load an SD3 (``kind="sd3"``) or FLUX (``"flux"``) pipeline folder onto ``device`` in ``dtype``: the fields of
+    `noisefast.loading.LoadedModel` (``dtype_kwarg``: how this diffusers version takes the dtype)."""
     from diffusers import FluxPipeline, StableDiffusion3Pipeline
 
     from noisefast.prompts import FluxPromptEncoder, SD3PromptEncoder
@@ -51,7 +52,7 @@ def load_flow(kind: str, spec: str, folder: Path, device, dtype, variant: str | 
     cls, encoder = (StableDiffusion3Pipeline, SD3PromptEncoder) if kind == "sd3" else (FluxPipeline, FluxPromptEncoder)
     try:
         # safetensors only: a pickle-based weight file (.bin, .ckpt) is never unpickled
-        pipe = cls.from_pretrained(folder, variant=variant, use_safetensors=True, **_dtype_kwarg(dtype))
+        pipe = cls.from_pretrained(folder, variant=variant, use_safetensors=True, **dtype_kwarg)
     except Exception as e:  # missing/corrupt files surface as OSError, ValueError, SafetensorError, KeyError...
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ModelError(f"could not load the {cls.__name__} in {folder}: {type(e).__name__}: {first}") from e
@@ -67,7 +68,7 @@ def load_flow(kind: str, spec: str, folder: Path, device, dtype, variant: str | 
         arch.schedule(1, 1, 16 * arch.spatial_factor, 16 * arch.spatial_factor)  # refuse an unusable scheduler now
     except ValueError as e:
         raise ModelError(f"the scheduler of {folder} cannot be stepped: {e}") from None
-    return LoadedModel(
+    return dict(
         kind=kind, source=spec, folder=folder, defaults=flow_defaults(kind, folder, spec, arch, family), unet=None,
         vae=pipe.vae, encoder=encoder(pipe), scheduler_config=sched_cfg, device=device, dtype=dtype,
         spatial_factor=arch.spatial_factor, card={}, pipe=pipe, arch=arch,

@@ -209,4 +209,4 @@ def test_families_defaults_and_limits(engines, tiny_flow_folders, tmp_path):
     with pytest.raises(InputError, match=r"height must be in \[1, 1536\]"):  # SD3's position table: 96 patches
         engines["sd3"].settings(height=2048)
     with pytest.raises(BackendUnavailableError, match="UNet2DConditionModel's interface"):
-        Engine.from_pretrained(tiny_flow_folders["flux-schnell"], backend="onnxruntime")
+        Engine.from_pretrained(tiny_flow_folders["flux-schnell"], backend="compile")

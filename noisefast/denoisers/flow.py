@@ -22,10 +22,10 @@ from __future__ import annotations
 import torch
 
 from noisefast.denoisers.base import Condition
-from noisefast.denoisers.placement import Placement
+from noisefast.denoisers.placement import Placed, Placement
 
 
-class _TransformerDenoiser:
+class _TransformerDenoiser(Placed):
     """What both transformer denoisers share: the module, its placement, input checks and casts."""
 
     model_name = "transformer"
@@ -36,14 +36,6 @@ class _TransformerDenoiser:
             raise TypeError(f"transformer must be a diffusers {self.model_name}, got {type(transformer).__name__}")
         self.transformer = transformer
         self._placed = Placement(transformer)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._placed()[1]
-
-    @property
-    def device(self) -> torch.device:
-        return self._placed()[0]
 
     def _inputs(self, x: torch.Tensor, t, cond: Condition) -> tuple[torch.Tensor, torch.Tensor, Condition]:
         """(x, t [B], cond) checked and placed: x and cond in the model's device/dtype, t float32 on its device."""

@@ -24,3 +24,17 @@ class Placement:
         if self._cached is None or self._cached[0] != key or key is None:
             self._cached = (key, (self.module.device, self.module.dtype))
         return self._cached[1]
+
+
+class Placed:
+    """Mixin for denoisers over a diffusers model: ``device`` and ``dtype`` from ``self._placed`` (a `Placement`)."""
+
+    _placed: Placement
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._placed()[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self._placed()[0]

@@ -11,12 +11,12 @@ from __future__ import annotations
 import torch
 
 from noisefast.denoisers.base import Condition
-from noisefast.denoisers.placement import Placement
+from noisefast.denoisers.placement import Placed, Placement
 
 SUPPORTED_ADDITION_EMBED_TYPES = (None, "text_time")
 
 
-class UNetDenoiser:
+class UNetDenoiser(Placed):
     """``model_out = den(x, t, cond)`` over a ``UNet2DConditionModel`` (SDXL, SDXL-Turbo, SD-style UNets)."""
 
     def __init__(self, unet):
@@ -45,14 +45,6 @@ class UNetDenoiser:
     def sample_size(self) -> int | tuple[int, int] | None:
         """The UNet's default latent size (``config.sample_size``)."""
         return self.unet.config.sample_size
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._placed()[1]
-
-    @property
-    def device(self) -> torch.device:
-        return self._placed()[0]
 
     def __call__(
         self,
