@@ -28,15 +28,19 @@ def flux_unpack(pipe, packed: torch.Tensor, height: int, width: int) -> torch.Te
     return pipe._unpack_latents(packed, height, width, pipe.vae_scale_factor)
 
 
-def stock_latents(pipe, prompt: str, seed: int, *, height: int, width: int, steps: int, guidance: float) -> torch.Tensor:
-    """The stock pipeline's ``output_type="latent"`` result for ``seed`` (FLUX: unpacked to [1, C, h, w])."""
+def stock_latents(pipe, prompt: str, seed: int, *, height: int, width: int, steps: int, guidance: float,
+                  **kwargs) -> torch.Tensor:
+    """The stock pipeline's ``output_type="latent"`` result for ``seed`` (FLUX: unpacked to [1, C, h, w]);
+    ``kwargs`` go to the pipeline (e.g. FLUX's ``true_cfg_scale`` and ``negative_prompt``)."""
     out = pipe(prompt, height=height, width=width, num_inference_steps=steps, guidance_scale=guidance,
-               generator=torch.Generator("cpu").manual_seed(seed), output_type="latent").images  # fmt: skip
+               generator=torch.Generator("cpu").manual_seed(seed), output_type="latent", **kwargs).images  # fmt: skip
     return flux_unpack(pipe, out, height, width) if out.ndim == 3 else out
 
 
-def stock_latents64(pipe, prompt: str, seed: int, *, height: int, width: int, steps: int, guidance: float) -> torch.Tensor:
-    """The same run in float64 (see the module docstring). Turns ``pipe`` float64 (use a fresh pipeline)."""
+def stock_latents64(pipe, prompt: str, seed: int, *, height: int, width: int, steps: int, guidance: float,
+                    true_cfg_scale: float | None = None) -> torch.Tensor:
+    """The same run in float64 (see the module docstring). Turns ``pipe`` float64 (use a fresh pipeline).
+    ``true_cfg_scale`` (FLUX): FluxPipeline's true CFG with the empty negative prompt."""
     from diffusers import FluxPipeline
     from diffusers.utils.torch_utils import randn_tensor
 
@@ -51,6 +55,10 @@ def stock_latents64(pipe, prompt: str, seed: int, *, height: int, width: int, st
         if flux:
             pe, pooled, _ = pipe.encode_prompt(prompt, prompt_2=None, device="cpu")
             kw = dict(prompt_embeds=up(pe), pooled_prompt_embeds=up(pooled))
+            if true_cfg_scale is not None:
+                npe, npooled, _ = pipe.encode_prompt("", prompt_2=None, device="cpu")
+                kw |= dict(negative_prompt_embeds=up(npe), negative_pooled_prompt_embeds=up(npooled),
+                           true_cfg_scale=true_cfg_scale)  # fmt: skip
             latents = pipe._pack_latents(noise, 1, channels, height // f, width // f)
         else:
             pe, npe, pooled, npooled = pipe.encode_prompt(prompt, None, None, device="cpu",

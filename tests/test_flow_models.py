@@ -48,6 +48,18 @@ def test_denoising_equals_the_stock_pipeline(engines, tiny_flow_folders, name, s
     assert_close_to_reference(gen.latents, ref, ref64, name=f"{name} {h}×{w} latents")
 
 
+def test_flux_schnell_guidance_is_the_pipelines_true_cfg(engines, tiny_flow_folders):
+    """FLUX.1-schnell has no guidance input: a scale w > 1 runs classifier-free guidance against the negative prompt
+    ("" by default), which is FluxPipeline(true_cfg_scale=w, negative_prompt="")."""
+    engine, seed, w = engines["flux-schnell"], 4, 3.0
+    pipe = stock_pipe(tiny_flow_folders, "flux-schnell")
+    ref = stock_latents(pipe, PROMPT, seed, height=64, width=64, steps=2, guidance=0.0, true_cfg_scale=w,
+                        negative_prompt="")  # fmt: skip
+    gen = engine.generate(PROMPT, [seed], decode=False, height=64, width=64, steps=2, guidance_scale=w)
+    ref64 = stock_latents64(pipe, PROMPT, seed, height=64, width=64, steps=2, guidance=0.0, true_cfg_scale=w)
+    assert_close_to_reference(gen.latents, ref, ref64, name="flux-schnell true CFG")
+
+
 def test_dynamic_shift_follows_the_resolution(engines):
     """FLUX.1-dev's μ = calculate_shift(image tokens) moves its σ with the size; schnell's static shift does not."""
     dev, schnell = engines["flux-dev"], engines["flux-schnell"]
