@@ -101,7 +101,8 @@ class FlowArchitecture:
     def size_multiple(self) -> tuple[int, str]:
         m = self.spatial_factor * self.patch
         what = "takes 2×2 latent patches" if self.kind == "sd3" else "packs 2×2 latent patches"
-        return m, f"the VAE maps {self.spatial_factor}×{self.spatial_factor} pixels to one latent and the transformer {what}"
+        f = self.spatial_factor
+        return m, f"the VAE maps {f}×{f} pixels to one latent and the transformer {what}"
 
     def max_side(self) -> int | None:
         """The largest image side the transformer can place (SD3's learned position table), None when unbounded."""

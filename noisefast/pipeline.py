@@ -42,10 +42,10 @@ from noisefast.denoisers.guidance import needs_negative
 from noisefast.engine_fastpath import GraphCache
 from noisefast.engine_results import Generation, Optimization
 from noisefast.errors import InputError
+from noisefast.flow_schedule import Schedule
 from noisefast.loading import LoadedModel, load_model
 from noisefast.optimize import optimize_noise
 from noisefast.progress import ProgressFn
-from noisefast.flow_schedule import Schedule
 from noisefast.seeds import check_seeds, noise_from_seeds
 from noisefast.selection import Selection, select_many
 from noisefast.settings import Settings, check_fits_memory, check_float, check_int, resolve_settings

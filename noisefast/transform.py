@@ -1,7 +1,8 @@
-"""D (denoise), I (invert) and F = I∘D over a batch of candidate latents.
+"""D (denoise), I (invert) and F = I∘D over a batch of candidate latents, for either sampler.
 
 1. D(ε; c):  x_T = ε, then for each denoising move (t, ᾱ_from → ᾱ_to) of the schedule
              x ← ddim_move(x, m_c, ᾱ_from, ᾱ_to, m_u, w_d)     with (m_c, m_u) = guided model outputs at t
+   (a `FlowSchedule`'s moves are (t, σ_from → σ_to) and the move is Euler's x ← x + (σ_to − σ_from)·v)
 2. I(x₀; c): the same over the inversion moves with guidance w_i
 3. F(ε) = I(D(ε))
 
@@ -52,7 +53,7 @@ def denoise(
     return_intermediates: bool = False,
     checkpoint: bool = False,
 ):  # [B, C, H, W] x₀; with return_intermediates: (x₀, [N+1, B, C, H, W] latents x_T … x₀)
-    """D: the DDIM denoising loop of ``sched`` (as ``DDIMScheduler``), guided with ``guidance_scale`` as
+    """D: the denoising loop of ``sched`` (as ``DDIMScheduler`` / ``FlowMatchEulerDiscreteScheduler``), guided with ``guidance_scale`` as
     diffusers' pipeline does (> 1: ``[uncond; cond]``; ≤ 1: the conditional half only)."""
     phases = [("denoise_moves", check_guidance_scale(guidance_scale), DENOISE_RULE)]
     return _run(den, sched, noise, cond, phases, max_batch, return_intermediates, checkpoint)
@@ -69,7 +70,7 @@ def invert(
     return_intermediates: bool = False,
     checkpoint: bool = False,
 ):  # [B, C, H, W] x_T; with return_intermediates: (x_T, [N'+1, B, C, H, W] latents x₀ … x_T)
-    """I: the DDIM inversion loop of ``sched`` (as ``DDIMInverseScheduler``) on m = m_u + w·(m_c − m_u),
+    """I: the inversion loop of ``sched`` (as ``DDIMInverseScheduler``; Euler with σ ascending) on m = m_u + w·(m_c − m_u),
     ``w = guidance_scale``, for every w: 1 → conditional only, 0 → unconditional only (one call each)."""
     phases = [("invert_moves", check_guidance_scale(guidance_scale), INVERSION_RULE)]
     return _run(den, sched, x0, cond, phases, max_batch, return_intermediates, checkpoint, name="x0")

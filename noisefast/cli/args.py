@@ -122,7 +122,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"hub id (from the local cache, else downloaded), local diffusers folder, or builtin:NAME "
                         f"(default: {DEFAULT_MODEL}, runs on a CPU in seconds)")  # fmt: skip
     g.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
-    g.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), help="default: fp16 on CUDA for SDXL, else fp32")
+    g.add_argument("--dtype", choices=("fp16", "bf16", "fp32"),
+                   help="default: on CUDA fp16 for SDXL, bf16 for SD3/FLUX; else fp32")
     g.add_argument("--backend", default="torch", choices=BACKENDS, help="UNet forward backend (default: torch)")
     g.add_argument("--threads", type=int_in(1, 1024),
                    help="CPU threads for torch (default: 1 for pixel models on CPU, whose tiny layers lose to "
