@@ -16,6 +16,7 @@ implementation of s(ε) = cos(ε, I(D(ε))) for these models. One untimed warm-u
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -92,6 +93,7 @@ def run(seeds=16, steps=4, size=64, repeats=3, prompt="a red fox in the snow", f
 
     from noisefast.pipeline import Engine
 
+    machine = machine_info()  # before the runs: the load average the measurement started under
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for family in families:
@@ -109,7 +111,8 @@ def run(seeds=16, steps=4, size=64, repeats=3, prompt="a red fox in the snow", f
             # float32 round-off of two implementations of the same 2N transformer calls (CFG amplifies it by 1 + w)
             tol = 2 * 64 * 2.0**-24 * 2 * steps * (1 + w)
             results[family] = measure_ways(ways, seeds=seeds, repeats=repeats, tolerance=tol) | {"guidance": w}
-    return {"machine": machine_info(), "command": command_line(),
+    machine["load_average_1m_end"] = os.getloadavg()[0]
+    return {"machine": machine, "command": command_line(),
             "settings": {"seeds": seeds, "steps": steps, "inversion_steps": steps, "size": size, "repeats": repeats},
             "families": results}  # fmt: skip
 
@@ -119,13 +122,17 @@ def markdown(res: dict) -> str:
     rows = []
     for family, r in res["families"].items():
         rate = r["noises_per_second"]
+        sec = r["seconds"]
         rows.append([family, f"{r['guidance']:g}", f"{rate['diffusers_batched']:.2f}", f"{rate['noisefast']:.2f}",
-                     f"{r['ratio']:.2f}×", f"{r['max_abs_score_diff']:.1e}", "yes" if r["scores_agree"] else "NO"])
+                     f"{r['ratio']:.2f}×", f"{sec['diffusers_batched']['min']:.2f} / {sec['noisefast']['min']:.2f}",
+                     f"{r['max_abs_score_diff']:.1e}", "yes" if r["scores_agree"] else "NO"])
     return (f"Flow-model scoring on tiny random pipelines: {st['seeds']} seeds, {st['steps']}+{st['inversion_steps']} "
             f"Euler steps, {st['size']}², one batch; {m['date']}; {m['cpu']} ({m['cpu_count']} cores), torch threads "
-            f"{m['torch_threads']}, load average {m['load_average_1m']:.2f} at start.\n\n`{res['command']}`\n\n"
+            f"{m['torch_threads']}, load average {m['load_average_1m']:.2f} at start, {m['load_average_1m_end']:.2f} at "
+            f"the end; medians of {st['repeats']} round-robin runs.\n\n`{res['command']}`\n\n"
             + md_table(["family", "guidance", "stock pipeline + hand-written inversion, noises/s", "noisefast, noises/s",
-                        "ratio", "max |Δ score|", "scores agree"], rows) + "\n")  # fmt: skip
+                        "ratio (medians)", "fastest run, s (stock / noisefast)", "max |Δ score|", "scores agree"], rows)
+            + "\n")  # fmt: skip
 
 
 def main(argv=None):
