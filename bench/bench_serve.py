@@ -1,6 +1,6 @@
 """Load test of `noisefast serve` on loopback: /v1/select with K seeds from N concurrent clients.
 
-For each batching mode (dynamic: ``--max-batch 32``; per-request: ``--max-batch K``; off: ``--max-batch 1``) a
+For each batching mode (dynamic: ``--batch-size 32``; per-request: ``--batch-size K``; off: ``--batch-size 1``) a
 server subprocess starts on 127.0.0.1 (builtin:digits), then for each concurrency level the clients send
 requests back to back for a warm-up (until every client has had one answer, at most ``--max-warmup`` s) and a ``--duration``-second
 window: throughput (requests/s, rows/s) and latency p50/p95/p99 of the requests answered in the window, errors
@@ -40,7 +40,7 @@ def free_port() -> int:
 
 def start_server(port: int, max_batch: int, args) -> subprocess.Popen:
     cmd = [sys.executable, "-c", "import sys; from noisefast.cli import main; sys.exit(main(sys.argv[1:]))", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--max-batch", str(max_batch), "--max-wait-ms", str(args.max_wait_ms), "--threads", str(args.threads),
+           "--batch-size", str(max_batch), "--max-wait-ms", str(args.max_wait_ms), "--threads", str(args.threads),
            "--max-queue", "100000", "--timeout", "300", "--log-level", "warning"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
@@ -131,10 +131,10 @@ def main() -> None:
     ap.add_argument("--max-warmup", type=float, default=120.0,
                     help="warm-up ends when every client has had one answer, or after this many seconds (default: 120)")
     ap.add_argument("--modes", default="dynamic,off",
-                    help="comma-separated: dynamic (--max-batch N), per-request (--max-batch K: each request's rows "
-                         "alone, no packing across requests), off (--max-batch 1)")
+                    help="comma-separated: dynamic (--batch-size N), per-request (--batch-size K: each request's rows "
+                         "alone, no packing across requests), off (--batch-size 1)")
     ap.add_argument("--tag", default="", help="suffix of the result files (serve-DATE[-TAG].json/md)")
-    ap.add_argument("--max-batch", type=int, default=32, help="the dynamic mode's max rows per UNet batch (default: 32)")
+    ap.add_argument("--batch-size", type=int, default=32, help="the dynamic mode's max rows per UNet batch (default: 32)")
     ap.add_argument("--levels", default="1,8,64")
     ap.add_argument("--k", type=int, default=32, help="seeds per select request")
     ap.add_argument("--steps", type=int, default=2, help="denoising = inversion steps (default: 2, a few-step serving schedule)")
@@ -143,7 +143,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
-    modes = {"dynamic": args.max_batch, "per-request": args.k, "off": 1}
+    modes = {"dynamic": args.batch_size, "per-request": args.k, "off": 1}
     modes = [(m, modes[m]) for m in args.modes.split(",")]
     settings = {"steps": args.steps, "inversion_steps": args.steps}
     res = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -71,6 +71,9 @@ class UNetArchitecture:
         del guidance_scale
         return cond
 
+    def pipeline_latents(self, latents):  # [K, C, h, w] → what the stock pipeline's latents= takes: the same
+        return latents
+
     def make_denoiser(self, backend: str, fast_path):
         from noisefast.engine_fastpath import make_engine_denoiser
 
@@ -142,6 +145,15 @@ class FlowArchitecture:
             return cond
         g = torch.full((cond.batch_size,), float(guidance_scale), dtype=torch.float32, device=cond.prompt_embeds.device)
         return replace(cond, guidance=g)
+
+    def pipeline_latents(self, latents):  # [K, C, h, w] → [K, C, h, w] (SD3), [K, h/2·w/2, 4C] (FLUX)
+        """What the stock pipeline's ``latents=`` takes for these noises: FLUX packs them 2×2 (``_pack_latents``)."""
+        if self.kind == "sd3":
+            return latents
+        from diffusers import FluxPipeline
+
+        K, C, h, w = latents.shape
+        return FluxPipeline._pack_latents(latents, K, C, h, w)
 
     def make_denoiser(self, backend: str, fast_path):
         """torch: `SD3Denoiser` / `FluxDenoiser`; onnxruntime: the SD3 transformer exported to ONNX (its velocity

@@ -31,25 +31,30 @@ from noisefast.progress import ProgressFn
 from noisefast.flow_schedule import Schedule
 from noisefast.seeds import noise_from_seeds
 from noisefast.stability import stability_score
+from noisefast.transform import denoise
 
 
 @dataclass(frozen=True, eq=False)
 class ScoreJob:
-    """Seeds to score under one prompt's condition; ``key`` is the caller's name for it (prompt id, request)."""
+    """Noises to score under one prompt's condition — each seed's, or the rows of ``latents`` [K, C, H, W]
+    (then ``seeds`` only numbers them); ``key`` is the caller's name for the job (prompt id, request)."""
 
     key: Hashable
     cond: Condition  # batch 1
     seeds: Sequence[int]
+    latents: torch.Tensor | None = None  # [len(seeds), C, H, W]: given noise instead of the seeds' draws
 
 
 @dataclass(frozen=True, eq=False)
 class Row:
-    """One noise to score: ``seed``'s noise under ``cond`` (batch 1), for the job ``job`` (its position)."""
+    """One noise: ``seed``'s draw (or the given ``latents`` [1, C, H, W]) under ``cond`` (batch 1), for the job
+    ``job`` (its position)."""
 
     job: int
     key: Hashable
     cond: Condition
     seed: int
+    latents: torch.Tensor | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,21 +114,38 @@ class RowScorer:
             if i == len(rows) or rows[i].job != rows[start].job:
                 segments.append(rows[start].cond.expand(i - start))
                 start = i
-        return self.noise([r.seed for r in rows]), Condition.concat(segments)
+        if all(r.latents is None for r in rows):
+            noise = self.noise([r.seed for r in rows])
+        else:
+            noise = torch.cat([self.noise([r.seed]) if r.latents is None else r.latents for r in rows])
+            noise = noise.to(device=self.device, dtype=self.dtype)
+        return noise, Condition.concat(segments)
+
+    def _padded(self, rows: Sequence[Row]) -> list[Row]:
+        """``rows`` padded (repeating the last) up to the smallest bucket that holds them, when ``buckets`` is set."""
+        rows = list(rows)
+        if self.buckets is not None:
+            size = next((b for b in self.buckets if b >= len(rows)), len(rows))
+            rows += [rows[-1]] * (size - len(rows))
+        return rows
 
     def __call__(self, rows: Sequence[Row]) -> torch.Tensor:  # [len(rows)] float32 CPU
         """s(ε) of every row, in order; padded up to a bucket size when ``buckets`` is set."""
-        rows = list(rows)
         n = len(rows)
-        if self.buckets is not None:
-            size = next((b for b in self.buckets if b >= n), n)
-            rows += [rows[-1]] * (size - n)
-        noise, cond = self.pack(rows)
+        noise, cond = self.pack(self._padded(rows))
         if self.chain is not None:
             return self.chain(noise, cond)[:n].float().cpu()
         with torch.inference_mode():
             scores = stability_score(self.den, self.sched, noise, cond, self.guidance_scale, self.inversion_guidance_scale)
         return scores[:n].float().cpu()
+
+    def denoise(self, rows: Sequence[Row]) -> tuple[torch.Tensor, torch.Tensor]:  # (ε, x₀), each [len(rows), *shape]
+        """D(ε) of every row (generation): the same packing and buckets as scoring, the denoising moves only."""
+        n = len(rows)
+        noise, cond = self.pack(self._padded(rows))
+        with torch.inference_mode():
+            x0 = denoise(self.den, self.sched, noise, cond, self.guidance_scale)
+        return noise[:n], x0[:n]
 
 
 def split_scores(rows: Sequence[Row], scores: torch.Tensor) -> list[ScoredRows]:
@@ -149,26 +171,32 @@ def score_stream(
     Yields each batch's per-job parts as soon as it finishes, in row order (a job's seeds may arrive in
     several parts). ``jobs`` is read lazily; ``progress(rows_done, rows_total or None)`` after each batch.
     """
+    total = sum(len(j.seeds) for j in jobs) if isinstance(jobs, Sequence) else None
+    done = 0
+    for batch in row_batches(jobs, batch_size):
+        yield from split_scores(batch, scorer(batch))
+        done += len(batch)
+        if progress is not None:
+            progress(done, total)
+
+
+def row_batches(jobs: Iterable[ScoreJob], batch_size: int) -> Iterator[list[Row]]:
+    """The jobs' rows, in order, cut into batches of ``batch_size`` (the last may be short); ``jobs`` read lazily."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    total = sum(len(j.seeds) for j in jobs) if isinstance(jobs, Sequence) else None
     buf: list[Row] = []
-    done = 0
     for j, job in enumerate(jobs):
         if job.cond.batch_size != 1:
             raise ValueError(f"job {job.key!r}: its condition must have batch 1, got {job.cond.batch_size}")
-        for seed in job.seeds:
-            buf.append(Row(j, job.key, job.cond, seed))
+        if job.latents is not None and len(job.latents) != len(job.seeds):
+            raise ValueError(f"job {job.key!r}: {len(job.latents)} latents for {len(job.seeds)} seeds")
+        for i, seed in enumerate(job.seeds):
+            buf.append(Row(j, job.key, job.cond, seed, None if job.latents is None else job.latents[i : i + 1]))
             if len(buf) == batch_size:
-                yield from split_scores(buf, scorer(buf))
-                done += len(buf)
+                yield buf
                 buf = []
-                if progress is not None:
-                    progress(done, total)
     if buf:
-        yield from split_scores(buf, scorer(buf))
-        if progress is not None:
-            progress(done + len(buf), total)
+        yield buf
 
 
-__all__ = ["Row", "RowScorer", "ScoreJob", "ScoredRows", "bucket_sizes", "score_stream", "split_scores"]
+__all__ = ["Row", "RowScorer", "ScoreJob", "ScoredRows", "bucket_sizes", "row_batches", "score_stream", "split_scores"]

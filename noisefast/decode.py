@@ -19,6 +19,18 @@ def decode_latents(model, latents: torch.Tensor) -> list:  # latents [B, C, h, w
     if model.kind == "pixel":
         return [pixel_image(x) for x in latents.float().cpu()]
     vae, pipe = model.vae, model.pipe
+    # the SDXL VAE overflows in fp16: decode in fp32 and put it back, as the pipeline does (a shared pipe, from_pipe)
+    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        return _decode_vae(vae, pipe, latents)
+    finally:
+        if upcast:
+            vae.to(torch.float16)
+
+
+def _decode_vae(vae, pipe, latents: torch.Tensor) -> list:
     images = []
     for lat in latents.split(1):  # one at a time: a 1024² VAE decode is the memory peak of a run
         lat = lat.to(device=vae.device, dtype=vae.dtype)

@@ -22,6 +22,9 @@ DEFAULT_BATCH_SIZE = 8
 # the 2-core CPU, 100 seeds at 10+10 steps: 11.0 s at 8 rows, 5.6 s at 32, 4.2 s at 100 (2026-12-04).
 PIXEL_BATCH_SIZE = 64
 
+# The screening job: rows per shard — what a kill can lose, and the unit Ray hands out.
+DEFAULT_SHARD_SIZE = 1024
+
 
 @dataclass(frozen=True)
 class ModelDefaults:
@@ -71,6 +74,7 @@ __all__ = [
     "DEFAULT_LR",
     "DEFAULT_MOMENTUM",
     "DEFAULT_NUM_CANDIDATES",
+    "DEFAULT_SHARD_SIZE",
     "FAMILIES",
     "FAMILY_DEFAULTS",
     "FLOW_FAMILY_DEFAULTS",

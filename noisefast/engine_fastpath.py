@@ -1,4 +1,5 @@
-"""How the Engine builds its denoiser and, with ``FastPathOptions(cuda_graph=True)``, its graphed scoring chains.
+"""How an `EngineConfig` becomes the Engine's runtime: torch's threads, the fast-path pieces that can run on the
+device, the denoiser, and — with ``FastPathOptions(cuda_graph=True)`` — its graphed scoring chains.
 
 A CUDA graph is captured per (settings group, batch size) on first use — the condition rows are copied into
 its static buffers before each replay (`noisefast.graphs.GraphedScorer.set_condition`), so one capture
@@ -10,7 +11,33 @@ from __future__ import annotations
 
 import warnings
 
-from noisefast.denoisers.fastpath import FastPathOptions
+import dataclasses
+
+from noisefast.config import EngineConfig, FastPathOptions, default_threads
+
+
+def apply_threads(config: EngineConfig, model) -> int:
+    """Set torch's CPU threads (process-wide) to ``config.threads``, else `default_threads` for the loaded model;
+    returns the count in effect."""
+    import torch
+
+    threads = config.threads
+    if threads is None:
+        threads = default_threads(model.kind, model.device.type)
+    if threads is not None and threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def usable_fast_path(opts: FastPathOptions | None, device) -> FastPathOptions | None:
+    """``opts`` without what cannot run on ``device``: pinned host buffers need CUDA (one warning names it; CUDA
+    graphs are refused at first use by `GraphCache`, which knows about the denoiser too)."""
+    if opts is None or not opts.pinned or device.type == "cuda":
+        return opts
+    warnings.warn(f"noisefast: pinned seed buffers need a CUDA device (the engine runs on {device}); drawing the "
+                  f"noise as usual", stacklevel=3)  # fmt: skip
+    opts = dataclasses.replace(opts, pinned=False)
+    return None if opts.is_plain else opts
 
 
 def make_engine_denoiser(unet, backend: str, fast_path: FastPathOptions | None):

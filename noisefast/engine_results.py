@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from noisefast.atomic import atomic_path
+from noisefast.errors import Interrupted
 from noisefast.optimize import OptimizeResult
 
 
@@ -15,8 +16,8 @@ class Generation:
     """Images and the final latents x₀ they were decoded from, one per noise."""
 
     images: list  # list[PIL.Image.Image]
-    latents: torch.Tensor  # [B, C, h, w] final latents (before decoding)
-    noise: torch.Tensor  # [B, C, h, w] initial noise ε
+    latents: torch.Tensor  # [B, C, h, w] final latents x₀ (before decoding) = pipe(..., output_type="latent").images
+    noise: torch.Tensor  # [B, C, h, w] initial noise ε = what pipe(..., latents=...) takes
     seeds: tuple[int, ...] | None
 
 
@@ -30,6 +31,10 @@ class Optimization:
 
     @property
     def best_noise(self) -> torch.Tensor:  # [B, C, h, w] per sample the most stable ε seen
+        return self.result.best_noise
+
+    @property
+    def best_latents(self) -> torch.Tensor:  # [B, C, h, w] best_noise: pass to pipe(prompt, latents=...) as is
         return self.result.best_noise
 
     @property
@@ -67,4 +72,11 @@ class Optimization:
             save_file(self.noise_tensors(), str(tmp), metadata={"seeds": ",".join(map(str, self.seeds or ()))})
 
 
-__all__ = ["Generation", "Optimization"]
+class OptimizationInterrupted(Interrupted):
+    """Ctrl-C during `Engine.optimize`: ``.result`` is the `Optimization` so far (its best noise is kept)."""
+
+    def __init__(self, result: Optimization):
+        super().__init__(f"optimization interrupted after {result.steps_run} steps", result)
+
+
+__all__ = ["Generation", "Optimization", "OptimizationInterrupted"]

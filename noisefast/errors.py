@@ -11,6 +11,8 @@ that is not a `NoisefastError` is a bug: the command line says so (and shows the
     ├── ModelError                        exit 2   HTTP 422   a model that cannot be found or loaded
     ├── BackendUnavailableError           exit 2   HTTP 503   the chosen backend / kernels cannot run here
     └── OutputError                       exit 2   HTTP 500   an output path that cannot be written
+
+    Interrupted (KeyboardInterrupt)       exit 130            Ctrl-C: ``.result`` holds what finished
 """
 
 from __future__ import annotations
@@ -49,4 +51,14 @@ class OutputError(NoisefastError):
     http_status = 500
 
 
-__all__ = ["BackendUnavailableError", "InputError", "LimitError", "ModelError", "NoisefastError", "OutputError"]
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a long call (select, optimize, screen): still a ``KeyboardInterrupt`` (a script stops), but
+    ``.result`` holds what finished — a partial `Selection`, `Optimization`, ... (None when nothing did)."""
+
+    def __init__(self, message: str, result=None):
+        super().__init__(message)
+        self.result = result
+
+
+__all__ = ["BackendUnavailableError", "InputError", "Interrupted", "LimitError", "ModelError", "NoisefastError",
+           "OutputError"]

@@ -201,7 +201,7 @@ class LoadedModel:
 
     kind: str  # "sdxl", "pixel", "sd3" or "flux"
     source: str  # what the user passed (hub id, folder, builtin:NAME)
-    folder: Path  # the local folder it was loaded from
+    folder: Path | None  # the local folder it was loaded from (None: built from a live pipeline, `model_from_pipe`)
     defaults: ModelDefaults
     unet: object | None  # diffusers UNet2DConditionModel (None for SD3/FLUX: their transformer is arch.transformer)
     vae: object | None  # AutoencoderKL (kept in fp32 when its config says fp16 overflows), None for pixel models
@@ -229,6 +229,8 @@ def load_model(
     kind = detect_kind(folder)
     dt = resolve_dtype(dtype, dev, kind)
     if kind == "pixel":
+        if variant is not None:
+            raise InputError(f"--variant {variant!r}: {spec} is a noisefast pixel model, which has no weight variants")
         return _load_pixel(os.fspath(spec), folder, dev, dt, family)
     if kind in FLOW_KINDS:
         from noisefast.loading_flow import load_flow
@@ -269,6 +271,34 @@ def _load_sdxl(spec, folder, device, dtype, variant, family) -> LoadedModel:
         unet=pipe.unet, vae=pipe.vae, encoder=SDXLPromptEncoder(pipe), scheduler_config=sched_cfg,
         device=device, dtype=dtype, spatial_factor=int(pipe.vae_scale_factor), card={}, pipe=pipe,
         arch=UNetArchitecture("sdxl", pipe.unet, sched_cfg, int(pipe.vae_scale_factor)),
+    )  # fmt: skip
+
+
+def model_from_pipe(pipe, *, family: str | None = None) -> LoadedModel:
+    """A `LoadedModel` over a live `StableDiffusionXLPipeline` (or `StableDiffusion3Pipeline` / `FluxPipeline`): its
+    modules as they are (nothing is moved, cast or copied — offload hooks, LoRAs, a compiled UNet stay); device =
+    where the pipeline executes, dtype = the UNet's (the transformer's)."""
+    from noisefast.prompts import SDXLPromptEncoder
+
+    name = str(getattr(getattr(pipe, "config", None), "_name_or_path", "") or type(pipe).__name__)
+    folder = Path(name) if name and Path(name).is_dir() else None
+    if type(pipe).__name__ in FLOW_PIPELINES:
+        from noisefast.loading_flow import flow_fields
+
+        return LoadedModel(**flow_fields(FLOW_PIPELINES[type(pipe).__name__], pipe, name, folder or Path(name),
+                                         torch.device(pipe._execution_device), pipe.transformer.dtype, family))
+    unet = getattr(pipe, "unet", None)
+    ok = (unet is not None and getattr(unet.config, "addition_embed_type", None) == "text_time"
+          and all(getattr(pipe, c, None) is not None for c in ("vae", "text_encoder_2", "tokenizer_2", "scheduler")))  # fmt: skip
+    if not ok:
+        raise ModelError(f"Engine.from_pipe takes a StableDiffusionXLPipeline (SDXL, SDXL-Turbo), a "
+                         f"StableDiffusion3Pipeline or a FluxPipeline; got {type(pipe).__name__}")  # fmt: skip
+    sched_cfg = dict(pipe.scheduler.config)
+    return LoadedModel(
+        kind="sdxl", source=name, folder=folder, defaults=sdxl_defaults(folder or Path(name), name, sched_cfg, family),
+        unet=unet, vae=pipe.vae, encoder=SDXLPromptEncoder(pipe), scheduler_config=sched_cfg,
+        device=torch.device(pipe._execution_device), dtype=unet.dtype, spatial_factor=int(pipe.vae_scale_factor),
+        card={}, pipe=pipe, arch=UNetArchitecture("sdxl", unet, sched_cfg, int(pipe.vae_scale_factor)),
     )  # fmt: skip
 
 

@@ -47,9 +47,7 @@ def load_flow(kind: str, spec: str, folder: Path, device, dtype, variant: str | 
     `noisefast.loading.LoadedModel` (``dtype_kwarg``: how this diffusers version takes the dtype)."""
     from diffusers import FluxPipeline, StableDiffusion3Pipeline
 
-    from noisefast.prompts import FluxPromptEncoder, SD3PromptEncoder
-
-    cls, encoder = (StableDiffusion3Pipeline, SD3PromptEncoder) if kind == "sd3" else (FluxPipeline, FluxPromptEncoder)
+    cls = StableDiffusion3Pipeline if kind == "sd3" else FluxPipeline
     try:
         # safetensors only: a pickle-based weight file (.bin, .ckpt) is never unpickled
         pipe = cls.from_pretrained(folder, variant=variant, use_safetensors=True, **dtype_kwarg)
@@ -62,15 +60,23 @@ def load_flow(kind: str, spec: str, folder: Path, device, dtype, variant: str | 
         module = getattr(pipe, name, None)
         if module is not None:
             module.eval().requires_grad_(False)
+    return flow_fields(kind, pipe, spec, folder, device, dtype, family)
+
+
+def flow_fields(kind: str, pipe, spec: str, folder: Path | None, device, dtype, family: str | None) -> dict:
+    """The `LoadedModel` fields over a live SD3 / FLUX pipeline (loaded here, or a user's: `Engine.from_pipe`)."""
+    from noisefast.prompts import FluxPromptEncoder, SD3PromptEncoder
+
     sched_cfg = dict(pipe.scheduler.config)
     arch = FlowArchitecture(kind, pipe.transformer, sched_cfg, int(pipe.vae_scale_factor))
     try:
         arch.schedule(1, 1, 16 * arch.spatial_factor, 16 * arch.spatial_factor)  # refuse an unusable scheduler now
     except ValueError as e:
-        raise ModelError(f"the scheduler of {folder} cannot be stepped: {e}") from None
+        raise ModelError(f"the scheduler of {spec} cannot be stepped: {e}") from None
+    encoder = SD3PromptEncoder if kind == "sd3" else FluxPromptEncoder
     return dict(
-        kind=kind, source=spec, folder=folder, defaults=flow_defaults(kind, folder, spec, arch, family), unet=None,
-        vae=pipe.vae, encoder=encoder(pipe), scheduler_config=sched_cfg, device=device, dtype=dtype,
+        kind=kind, source=spec, folder=folder, defaults=flow_defaults(kind, folder or Path(spec), spec, arch, family),
+        unet=None, vae=pipe.vae, encoder=encoder(pipe), scheduler_config=sched_cfg, device=device, dtype=dtype,
         spatial_factor=arch.spatial_factor, card={}, pipe=pipe, arch=arch,
     )  # fmt: skip
 

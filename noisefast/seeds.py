@@ -21,7 +21,7 @@ from collections.abc import Iterable
 
 import torch
 
-SEED_LIMIT = 2**63  # seeds are ints in [0, 2**63)
+from noisefast.params import SEED_LIMIT  # seeds are ints in [0, 2**63)
 
 
 def check_seeds(seeds: Iterable) -> list[int]:

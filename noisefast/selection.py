@@ -8,6 +8,7 @@ score, sorted from most to least stable.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from noisefast.batching import RowScorer, ScoreJob, score_stream
 from noisefast.defaults import DEFAULT_BATCH_SIZE, DEFAULT_GUIDANCE_SCALE, DEFAULT_INVERSION_GUIDANCE_SCALE, DEFAULT_NUM_CANDIDATES
 from noisefast.denoisers.base import Condition, Denoiser
 from noisefast.denoisers.guidance import check_guidance_scale
+from noisefast.errors import Interrupted
 from noisefast.progress import ProgressFn
 from noisefast.flow_schedule import Schedule
 from noisefast.seeds import check_latent_shape, check_seeds
@@ -25,14 +27,38 @@ from noisefast.transform import check_max_batch
 
 @dataclass(frozen=True, eq=False)
 class Selection:
-    """Seeds and stability scores, sorted from most to least stable (ties keep seed order)."""
+    """Seeds and stability scores, sorted from most to least stable (ties keep seed order, NaN last).
+
+    ``best_latents`` is the best seed's initial noise, [1, C, H, W]: what diffusers draws for that seed, so
+    ``pipe(prompt, latents=sel.best_latents, ...)`` reproduces the sample in a stock pipeline (None when the
+    selection was ranked from stored scores, e.g. the server's seed bank).
+    """
 
     seeds: tuple[int, ...]  # sorted by score, descending
     scores: torch.Tensor  # [K] float, on CPU, descending (NaN scores sort last)
-    best_noise: torch.Tensor  # [1, C, H, W] the noise of best_seed
-    worst_noise: torch.Tensor  # [1, C, H, W] the noise of worst_seed
+    best_latents: torch.Tensor | None = None  # [1, C, H, W] the noise of best_seed
+    worst_latents: torch.Tensor | None = None  # [1, C, H, W] the noise of worst_seed
     complete: bool = True  # False for the partial result of an interrupted selection
     total: int | None = None  # how many seeds were asked for
+
+    @classmethod
+    def rank(cls, seeds: Sequence[int], scores: torch.Tensor, *, draw=None, total: int | None = None) -> "Selection":
+        """Sort ``seeds`` by ``scores`` [K] (descending, stable, NaN last); ``draw(seeds)`` → their noise gives
+        ``best_latents``/``worst_latents``. The one ordering select, the CLI and the server answer with."""
+        scores = torch.as_tensor(scores, dtype=torch.float32).cpu()
+        order = torch.sort(scores.nan_to_num(nan=-torch.inf), descending=True, stable=True).indices.tolist()
+        ranked = tuple(int(seeds[i]) for i in order)
+        total = len(seeds) if total is None else total
+        best, worst = (draw([ranked[0]]), draw([ranked[-1]])) if draw is not None else (None, None)
+        return cls(ranked, scores[order], best, worst, complete=len(ranked) == total, total=total)
+
+    @property
+    def best_noise(self) -> torch.Tensor | None:  # the name before 0.2: best_latents
+        return self.best_latents
+
+    @property
+    def worst_noise(self) -> torch.Tensor | None:
+        return self.worst_latents
 
     @property
     def best_seed(self) -> int:
@@ -58,27 +84,30 @@ class Selection:
         return float(self.scores[self.seeds.index(seed)])
 
     def as_dict(self) -> dict:
-        """JSON-ready summary: every seed with its score (sorted), best and worst."""
+        """The select answer (CLI report, ``POST /v1/select``): seeds and scores most → least stable, best and
+        worst, counts. A non-finite score is None (strict JSON)."""
+        scores = [v if math.isfinite(v) else None for v in self.scores.tolist()]
         return {
             "seeds": list(self.seeds),
-            "scores": [float(s) for s in self.scores],
+            "scores": scores,
             "best_seed": self.best_seed,
-            "best_score": self.best_score,
+            "best_score": scores[0],
             "worst_seed": self.worst_seed,
-            "worst_score": self.worst_score,
+            "worst_score": scores[-1],
             "complete": self.complete,
             "scored": len(self.seeds),
             "requested": self.total if self.total is not None else len(self.seeds),
         }
 
 
-class SelectionInterrupted(KeyboardInterrupt):
-    """Ctrl-C during a selection; ``.result`` is the `Selection` over the rows that finished (or None)."""
+class SelectionInterrupted(Interrupted):
+    """Ctrl-C during a selection; ``.result`` is the `Selection` over the rows that finished (or None), or for
+    several prompts the list of them."""
 
     def __init__(self, result):
-        done = 0 if result is None else len(result.seeds) if isinstance(result, Selection) else len(result)
-        super().__init__(f"noise selection interrupted after {done} scored rows")
-        self.result = result
+        sels = result if isinstance(result, list) else [result]
+        done = sum(len(s.seeds) for s in sels if s is not None)
+        super().__init__(f"noise selection interrupted after {done} scored rows", result)
 
 
 def select_noise(
@@ -121,7 +150,15 @@ def select_noise(
         device=cond.prompt_embeds.device if device is None else device, generator_device=generator_device,
     )  # fmt: skip
     batch = check_max_batch(max_batch) or DEFAULT_BATCH_SIZE
-    return select_many(scorer, [ScoreJob(0, cond, seeds)], batch, progress=progress)[0]
+    return select_one(scorer, ScoreJob(0, cond, seeds), batch, progress=progress)
+
+
+def select_one(scorer: RowScorer, job: ScoreJob, batch_size: int, *, progress: ProgressFn | None = None) -> Selection:
+    """Algorithm 1 for one job; Ctrl-C raises `SelectionInterrupted` whose ``.result`` is its partial `Selection`."""
+    try:
+        return select_many(scorer, [job], batch_size, progress=progress)[0]
+    except SelectionInterrupted as e:
+        raise SelectionInterrupted(e.result[0]) from e.__cause__
 
 
 def select_many(
@@ -134,7 +171,7 @@ def select_many(
     """Algorithm 1 for several prompts at once: their candidates share UNet batches; one `Selection` per job.
 
     On Ctrl-C, `SelectionInterrupted.result` is the list of the jobs' partial selections (None for a job
-    with no finished row).
+    with no finished row; `select_one` unwraps it for one job).
     """
     found: dict[Hashable, tuple[list[int], list[torch.Tensor]]] = {}
     index = {job.key: i for i, job in enumerate(jobs)}
@@ -147,7 +184,7 @@ def select_many(
             scores.append(part.scores)
     except KeyboardInterrupt as e:
         partial = [_selection(scorer, job, *found[job.key]) if job.key in found else None for job in jobs]
-        raise SelectionInterrupted(partial[0] if len(jobs) == 1 else partial) from e
+        raise SelectionInterrupted(partial) from e
     return [_selection(scorer, job, *found[job.key]) for job in jobs]
 
 
@@ -160,18 +197,8 @@ def _default_shape(den) -> tuple[int, int, int]:
 
 
 def _selection(scorer: RowScorer, job: ScoreJob, seeds: list[int], scores: list[torch.Tensor]) -> Selection:
-    """Sort the scored seeds (descending, stable, NaN last); redraw the best and worst noise."""
-    s = torch.cat(scores)  # [n] in seed order
-    order = torch.sort(s.nan_to_num(nan=-torch.inf), descending=True, stable=True).indices.tolist()
-    sorted_seeds = tuple(seeds[i] for i in order)
-    return Selection(
-        seeds=sorted_seeds,
-        scores=s[order],
-        best_noise=scorer.noise([sorted_seeds[0]]),
-        worst_noise=scorer.noise([sorted_seeds[-1]]),
-        complete=len(seeds) == len(job.seeds),
-        total=len(job.seeds),
-    )
+    """`Selection.rank` of one job's finished rows; the best and worst noise redrawn by the scorer."""
+    return Selection.rank(seeds, torch.cat(scores), draw=scorer.noise, total=len(job.seeds))
 
 
-__all__ = ["Selection", "SelectionInterrupted", "select_many", "select_noise"]
+__all__ = ["Selection", "SelectionInterrupted", "select_many", "select_noise", "select_one"]

@@ -8,6 +8,7 @@ import httpx
 import pytest
 import torch
 
+from noisefast.config import EngineConfig
 from noisefast.serve.app import create_app
 from noisefast.serve.service import ServeConfig, Service
 
@@ -24,8 +25,10 @@ def engine():
 
 
 @contextlib.asynccontextmanager
-async def served(engine, headers=None, **options):
-    svc = Service(ServeConfig(**({"warmup": False, "max_wait_ms": 2.0} | options)), engine).load()
+async def served(engine, headers=None, batch_size=None, **options):
+    """An in-process server over ``engine``; ``batch_size``: rows per UNet batch (the engine option --batch-size)."""
+    config = ServeConfig(engine=EngineConfig(batch_size=batch_size), **({"warmup": False, "max_wait_ms": 2.0} | options))
+    svc = Service(config, engine).load()
     await svc.warm_up()
     app = create_app(service=svc)
     try:

@@ -99,3 +99,22 @@ def test_cli_screen_rows_equal_engine_scores(tiny_flow_folders, tmp_path, quiet_
         # 2+2 guided transformer calls (magnitude model, tests/_tolerance.py)
         atol = magnitude_atol(1.0, dtype=torch.float32, steps=4, guidance=w)
         np.testing.assert_allclose(part["stability"].to_numpy(), want.double().numpy(), atol=atol, rtol=0)
+
+
+def test_from_pipe_and_selected_latents_reproduce_in_the_stock_flux_pipeline(tiny_flow_folders):
+    """Engine.from_pipe over a user's FluxPipeline (modules shared); the selected noise, packed as the pipeline's
+    latents= takes it, is exactly the pipeline's own draw for that seed."""
+    from diffusers import FluxPipeline
+
+    pipe = FluxPipeline.from_pretrained(tiny_flow_folders["flux-schnell"])
+    pipe.set_progress_bar_config(disable=True)
+    engine = Engine.from_pipe(pipe)
+    assert engine.model.arch.transformer is pipe.transformer and engine.defaults.family == "flux-schnell"
+    sel = engine.select("a red fox", range(3), **FAST)
+    packed = engine.pipeline_latents(sel.best_latents)
+    C, h, w = engine.latent_shape(engine.settings(**FAST))
+    assert packed.shape == (1, h // 2 * (w // 2), 4 * C)
+    kw = dict(height=64, width=64, num_inference_steps=2, guidance_scale=0.0, output_type="latent")
+    given = pipe("a red fox", latents=packed, **kw).images
+    drawn = pipe("a red fox", generator=torch.Generator("cpu").manual_seed(sel.best_seed), **kw).images
+    torch.testing.assert_close(given, drawn, rtol=0, atol=0)

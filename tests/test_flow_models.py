@@ -127,7 +127,7 @@ def test_stability_scores_and_prompts_sharing_batches(engines, name):
     into shared transformer batches score as each prompt alone (up to float32 batch rounding)."""
     engine = engines[name]
     s = settings(engine, name, 32, 32, batch_size=3)
-    sels = engine.select(["a red fox", "a blue car"], seeds=range(2), settings=s)  # 4 rows, batches of 3: mixed
+    sels = engine.select_many(["a red fox", "a blue car"], seeds=range(2), settings=s)  # 4 rows, batches of 3: mixed
     for sel, prompt in zip(sels, ["a red fox", "a blue car"]):
         alone = engine.score(prompt, list(sel.seeds), settings=s)
         assert torch.isfinite(alone).all() and (alone.abs() <= 1).all() and (alone < 1 - 1e-6).all()

@@ -54,8 +54,11 @@ def test_optimize_and_generate_equal_engine(engine):
     assert o.status_code == 200, o.text
     opt = engine.optimize(P3, [4], iterations=3, **FAST)
     out = o.json()
-    torch.testing.assert_close(torch.tensor(out["curve"]), opt.history[:, 0], atol=1e-5, rtol=0)
-    assert out["steps_run"] == opt.steps_run and out["initial_stability"] == pytest.approx(float(opt.history[0, 0]), abs=1e-5)
+    # the CLI report's fields (noisefast.workflows.OptimizeReport): history [steps + 1][1], rescored before/after
+    torch.testing.assert_close(torch.tensor(out["history"])[:, 0], opt.history[:, 0], atol=1e-5, rtol=0)
+    assert out["steps_run"] == opt.steps_run and out["seeds"] == [4] and out["complete"]
+    assert out["stability_before"][0] == pytest.approx(float(opt.history[0, 0]), abs=1e-5)
+    assert out["stability_after"][0] == pytest.approx(float(opt.history[:, 0].max()), abs=1e-5)
     tensors = load(base64.b64decode(out["noise"]))
     torch.testing.assert_close(tensors["best"], opt.best_noise.cpu(), atol=1e-5, rtol=0)
 
@@ -100,7 +103,7 @@ def test_requests_of_different_prompts_share_batches(engine):
     prompts = [P3, P7, "a handwritten digit zero", "a handwritten digit one"]
 
     async def go():
-        async with served(engine, max_batch=16, max_wait_ms=200) as c:
+        async with served(engine, batch_size=16, max_wait_ms=200) as c:
             rs = await asyncio.gather(*(c.post("/v1/score", json=body(p, [i, i + 10, i + 20])) for i, p in enumerate(prompts)))
             return rs, c.service.batcher.batches_done
 
@@ -113,7 +116,7 @@ def test_requests_of_different_prompts_share_batches(engine):
 
 def test_groups_take_turns(engine):
     async def go():
-        async with served(engine, max_batch=4, max_wait_ms=0) as c:
+        async with served(engine, batch_size=4, max_wait_ms=0) as c:
             gate, big = await hold_worker(c, range(32))
             other = asyncio.create_task(c.post("/v1/score", json=body(seeds=[1, 2], settings={"steps": 3, "inversion_steps": 2})))
             await asyncio.sleep(0.05)
@@ -130,7 +133,7 @@ def test_groups_take_turns(engine):
 # --- faults -----------------------------------------------------------------------------------------------------
 def test_timeout_504_and_disconnect_drop_queued_rows(engine):
     async def go():
-        async with served(engine, max_batch=4, max_wait_ms=0, request_timeout_s=0.3) as c:
+        async with served(engine, batch_size=4, max_wait_ms=0, request_timeout_s=0.3) as c:
             gate, first = await hold_worker(c, [0, 1, 2, 3])
             second = await c.post("/v1/score", json=body(seeds=[4, 5, 6, 7]))  # queued behind the gate: 504
             # a client that leaves: raw ASGI, the disconnect arrives right after the body
@@ -165,7 +168,7 @@ def test_timeout_504_and_disconnect_drop_queued_rows(engine):
 
 def test_queue_full_429_with_retry_after(engine):
     async def go():
-        async with served(engine, max_batch=4, max_wait_ms=0, max_queue_rows=8) as c:
+        async with served(engine, batch_size=4, max_wait_ms=0, max_queue_rows=8) as c:
             gate, first = await hold_worker(c, [0, 1, 2, 3])
             second = asyncio.create_task(c.post("/v1/score", json=body(seeds=list(range(4, 12)))))
             while c.service.batcher.queue_rows() < 8:
@@ -194,7 +197,7 @@ def test_poisoned_request_fails_alone(engine, monkeypatch):
     nan_noise = base64.b64encode(save({"noise": torch.full((1, 1, 8, 8), float("nan"))})).decode()
 
     async def go():
-        async with served(engine, max_batch=16, max_wait_ms=200) as c:
+        async with served(engine, batch_size=16, max_wait_ms=200) as c:
             rs = await asyncio.gather(
                 c.post("/v1/score", json=body(seeds=[0, 1])), c.post("/v1/score", json=body("POISON " + P3, [2, 3])),
                 c.post("/v1/score", json=body(P7, [4, 5])),

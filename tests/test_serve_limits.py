@@ -159,12 +159,12 @@ def test_cli_serve_options(monkeypatch):
     from noisefast.cli.serve import config_from_args
 
     monkeypatch.setenv("NOISEFAST_API_KEY", "k")
-    args = build_parser().parse_args(["serve", "--max-batch", "1", "--max-wait-ms", "0", "--timeout", "5"])
+    args = build_parser().parse_args(["serve", "--batch-size", "1", "--max-wait-ms", "0", "--timeout", "5"])
     c = config_from_args(args)
-    assert args.host == "127.0.0.1" and c.model == "builtin:digits" and c.api_key == "k"
-    assert (c.max_batch, c.max_wait_ms, c.request_timeout_s) == (1, 0.0, 5.0)
+    assert args.host == "127.0.0.1" and c.engine.model == "builtin:digits" and c.api_key == "k"
+    assert (c.engine.batch_size, c.max_wait_ms, c.request_timeout_s) == (1, 0.0, 5.0)
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["serve", "--max-batch", "0"])
+        build_parser().parse_args(["serve", "--batch-size", "0"])
 
 
 def test_batcher_stops_refusing_new_work(engine):

@@ -52,7 +52,7 @@ def test_disconnect_drops_rows_then_sigterm_drains_in_flight_request():
     ``receive()`` answers ``http.disconnect`` — and the next request is served normally; (2) SIGTERM lets the
     request in flight finish."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", MAIN, "serve", "--port", str(port), "--max-batch", "8",
+    proc = subprocess.Popen([sys.executable, "-c", MAIN, "serve", "--port", str(port), "--batch-size", "8",
                              "--graceful-timeout", "60", "--timeout", "120", "--log-level", "warning"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env=os.environ | {"OMP_NUM_THREADS": "1"})  # fmt: skip

@@ -2,7 +2,8 @@
 
 Each subcommand is a module of this package exposing ``COMMAND`` (a `noisefast.cli.args.Command`: help
 text, ``add_arguments(parser)``, ``run(args) -> exit code``), registered in `COMMANDS` by name; it runs
-the use cases of `noisefast.workflows` and only parses, prints and writes files.
+the use cases of `noisefast.workflows` and only parses, prints and writes files. Only the subcommand being
+run is imported (its options need no torch), so ``noisefast --help`` and ``noisefast CMD --help`` answer at once.
 
 Exit codes: 0 success; 2 bad input, model or output path (a `noisefast.errors.NoisefastError` or an
 argparse error, printed as one line); 130 interrupted (Ctrl-C; what finished is kept and reported);
@@ -17,22 +18,23 @@ import os
 import sys
 
 from noisefast.cli.args import Command, parse_seeds
-from noisefast.cli.run import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+
+EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 
 EXIT_INTERNAL = 1
-COMMANDS: dict[str, str] = {  # name → module holding COMMAND
-    "score": "noisefast.cli.score",
-    "select": "noisefast.cli.select",
-    "optimize": "noisefast.cli.optimize",
-    "generate": "noisefast.cli.generate",
-    "export": "noisefast.cli.export",
-    "serve": "noisefast.cli.serve",
-    "screen": "noisefast.cli.screen",
+COMMANDS: dict[str, tuple[str, str]] = {  # name → (module holding COMMAND, one-line help for `noisefast --help`)
+    "score": ("noisefast.cli.score", "inversion stability s(ε) = cos(ε, I(D(ε))) of each seed's noise"),
+    "select": ("noisefast.cli.select", "pick the most stable of many seeds (Algorithm 1)"),
+    "optimize": ("noisefast.cli.optimize", "optimise each seed's noise for inversion stability (Algorithm 2)"),
+    "generate": ("noisefast.cli.generate", "denoise each seed's noise and write the images"),
+    "export": ("noisefast.cli.export", "export a model's UNet to ONNX"),
+    "serve": ("noisefast.cli.serve", "serve the four algorithms over HTTP"),
+    "screen": ("noisefast.cli.screen", "screen many prompts × many seeds into a resumable Parquet dataset"),
 }
 
 
 def load_command(name: str) -> Command:
-    return importlib.import_module(COMMANDS[name]).COMMAND
+    return importlib.import_module(COMMANDS[name][0]).COMMAND
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,7 +44,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; only the subcommand named in ``argv`` (all of them when ``argv`` is None) gets its options."""
     from noisefast import __version__
 
     parser = _Parser(
@@ -52,11 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"noisefast {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and library logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    for name in COMMANDS:
-        cmd = load_command(name)
-        p = sub.add_parser(name, help=cmd.help, description=cmd.help)
-        cmd.add_arguments(p)
-        p.set_defaults(_command=cmd)
+    chosen = None if argv is None else next((a for a in argv if a in COMMANDS), "")
+    for name, (_, summary) in COMMANDS.items():
+        if chosen in (None, name):
+            cmd = load_command(name)
+            p = sub.add_parser(name, help=summary, description=cmd.help)
+            cmd.add_arguments(p)
+            p.set_defaults(_command=cmd)
+        else:
+            sub.add_parser(name, help=summary)
     return parser
 
 
@@ -88,9 +95,9 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv[:1] or os.environ.get("NOISEFAST_DEBUG") == "1"
+    args = build_parser(argv).parse_args(argv)
     if not debug:
         _quiet_libraries()
-    args = build_parser().parse_args(argv)
     try:
         return int(args._command.run(args) or EXIT_OK)
     except KeyboardInterrupt:

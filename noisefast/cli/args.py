@@ -1,22 +1,21 @@
 """The command line's shared pieces: the `Command` record, argument types (each refusing bad text with a
-one-line reason) and the option groups every model-driven subcommand spells the same way."""
+one-line reason) and the option groups every model-driven subcommand spells the same way.
+
+The engine options come from `noisefast.config.EngineConfig.add_cli_args`, the sampling settings and the
+optimisation options from the `noisefast.params` records (their ranges, defaults and help) — the same records
+the Engine checks with and the HTTP schemas are built from. Nothing here imports torch (``--help`` is fast)."""
 
 from __future__ import annotations
 
 import argparse
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from noisefast.defaults import DEFAULT_ITERATIONS, DEFAULT_MOMENTUM, FAMILIES
-from noisefast.denoisers.backends import BACKENDS
-from noisefast.denoisers.fastpath import ATTENTION
+from noisefast.config import EngineConfig
 from noisefast.errors import InputError
-from noisefast.seeds import SEED_LIMIT
-from noisefast.settings import MAX_GUIDANCE
+from noisefast.params import OPTIMIZE, SEED_LIMIT, SETTINGS, Param
 
-DEFAULT_MODEL = "builtin:digits"
 MAX_CLI_SEEDS = 10_000_000  # seeds one command expands in memory (use `noisefast screen` shards beyond)
 
 
@@ -80,79 +79,22 @@ def single_seed(text: str) -> list[int]:
 
 
 def int_in(lo: int, hi: int) -> Callable[[str], int]:
-    """An argument type: an integer in [lo, hi]."""
-
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"expected an integer in [{lo}, {hi}], got {v}")
-        return v
-
-    parse.__name__ = "integer"
-    return parse
+    """An argument type: an integer in [lo, hi] (a nameless `noisefast.params.Param`)."""
+    return Param("", int, "", lo, hi).arg_type()
 
 
 def float_in(lo: float, hi: float) -> Callable[[str], float]:
     """An argument type: a finite number in [lo, hi] (the range the computation can hold)."""
-
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not math.isfinite(v) or not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"expected a finite number in [{lo:g}, {hi:g}], got {text}")
-        return v
-
-    parse.__name__ = "number"
-    return parse
+    return Param("", float, "", lo, hi).arg_type()
 
 
 positive_int = int_in(1, 2**31 - 1)
-guidance_float = float_in(-MAX_GUIDANCE, MAX_GUIDANCE)
 
 
 # --- shared option groups -----------------------------------------------------------------------------------
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"hub id (from the local cache, else downloaded), local diffusers folder, or builtin:NAME "
-                        f"(default: {DEFAULT_MODEL}, runs on a CPU in seconds)")  # fmt: skip
-    g.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
-    g.add_argument("--dtype", choices=("fp16", "bf16", "fp32"),
-                   help="default: on CUDA fp16 for SDXL, bf16 for SD3/FLUX; else fp32")
-    g.add_argument("--backend", default="torch", choices=BACKENDS, help="UNet forward backend (default: torch)")
-    g.add_argument("--threads", type=int_in(1, 1024),
-                   help="CPU threads for torch (default: 1 for pixel models on CPU, whose tiny layers lose to "
-                        "threading overhead; torch's default otherwise)")  # fmt: skip
-    g.add_argument("--variant", help="diffusers weight variant to load, e.g. fp16")
-    g.add_argument("--family", choices=FAMILIES,
-                   help="force a family's defaults: sdxl/sdxl-turbo for SDXL, sd3/sd3-turbo for SD3, flux-dev/"
-                        "flux-schnell for FLUX (default: detected from the scheduler, transformer and name)")  # fmt: skip
-    g.add_argument("--strict", action="store_true",
-                   help="refuse to run without the fused kernels (instead of the slower pure-torch fallback)")
-    f = p.add_argument_group("GPU fast path (noisefast.denoisers.fastpath)")
-    f.add_argument("--fast", action="store_true", help="all of the below, fp16 (what bench/gpu_check.sh measures)")
-    f.add_argument("--channels-last", action="store_true", help="UNet in channels_last memory format")
-    f.add_argument("--attention", choices=ATTENTION, default="default", help="attention kernel (default: diffusers')")
-    f.add_argument("--fuse-qkv", action="store_true", help="one QKV matmul per attention")
-    f.add_argument("--cuda-graph", action="store_true",
-                   help="capture the denoise→invert→cosine chain per batch size and replay it (CUDA)")
-    f.add_argument("--pinned", action="store_true", help="draw seed noise into pinned host buffers, copy non_blocking")
-
-
-def fast_path_options(args: argparse.Namespace):
-    """`FastPathOptions` from the fast-path flags, or None for the plain path."""
-    from noisefast.denoisers.fastpath import FastPathOptions
-
-    if args.fast:
-        return FastPathOptions.turbo()
-    opts = FastPathOptions(channels_last=args.channels_last, attention=args.attention, fuse_qkv=args.fuse_qkv,
-                           cuda_graph=args.cuda_graph, pinned=args.pinned)  # fmt: skip
-    return None if opts == FastPathOptions() else opts
+    """The engine options (`EngineConfig.add_cli_args`); `EngineConfig.from_cli_args` reads them back."""
+    EngineConfig.add_cli_args(p)
 
 
 def add_prompt_arguments(p: argparse.ArgumentParser) -> None:
@@ -171,16 +113,11 @@ def add_seed_arguments(p: argparse.ArgumentParser, *, default: str, help_: str) 
 
 
 def add_settings_arguments(p: argparse.ArgumentParser) -> None:
+    """The per-call sampling settings (`noisefast.params.SETTINGS`, but ``batch_size``: an engine option)."""
     g = p.add_argument_group("sampling (defaults come from the model)")
-    g.add_argument("--steps", type=positive_int, help="denoising steps (DDIM, or Euler for SD3/FLUX)")
-    g.add_argument("--inversion-steps", type=positive_int, help="inversion steps")
-    g.add_argument("--guidance", type=guidance_float, help="classifier-free guidance scale of denoising (> 1 runs CFG)")
-    g.add_argument("--inversion-guidance", type=guidance_float,
-                   help="inversion guidance w_i: m = m_u + w_i·(m_c − m_u) for every w_i; 1 = conditional (the paper's "
-                        "default), 0 = unconditional (Z-Sampling), other values run both halves")  # fmt: skip
-    g.add_argument("--height", type=positive_int, help="image height in pixels (a multiple of 8 for SDXL)")
-    g.add_argument("--width", type=positive_int, help="image width in pixels (a multiple of 8 for SDXL)")
-    g.add_argument("--batch-size", type=positive_int, help="rows per UNet batch (default: the model's — 8 for SDXL, 64 for builtin:digits)")
+    for param in SETTINGS.values():
+        if param.name != "batch_size":
+            g.add_argument(param.cli_flag, dest=param.name, type=param.arg_type(), help=param.help)
 
 
 def add_output_arguments(p: argparse.ArgumentParser, *, images: bool = True) -> None:
@@ -193,17 +130,19 @@ def add_output_arguments(p: argparse.ArgumentParser, *, images: bool = True) -> 
 
 
 def add_optimize_arguments(p: argparse.ArgumentParser) -> None:
+    """Algorithm 2's options (`noisefast.params.OPTIMIZE`) and ``--renorm``."""
     g = p.add_argument_group("optimisation (Algorithm 2)")
-    g.add_argument("--iterations", type=int_in(1, 100_000), default=DEFAULT_ITERATIONS,
-                   help=f"gradient steps (default: {DEFAULT_ITERATIONS})")  # fmt: skip
-    g.add_argument("--lr", type=float_in(1e-12, 1e6), default=None,
-                   help="learning rate (default: the model's; 100, the paper's, for SDXL)")  # fmt: skip
-    g.add_argument("--momentum", type=float_in(0.0, 0.999), default=DEFAULT_MOMENTUM,
-                   help=f"momentum in [0, 1) (default: {DEFAULT_MOMENTUM})")  # fmt: skip
-    g.add_argument("--target", type=float_in(-1.0, 1.0), help="stop a sample once its stability reaches this")
+    for param in OPTIMIZE.values():
+        default = f" (default: {param.default:g})" if param.default is not None else ""
+        g.add_argument(param.cli_flag, dest=param.name, type=param.arg_type(), help=param.help + default)
     g.add_argument("--renorm", action=argparse.BooleanOptionalAction, default=None,
                    help="after each step put the noise back on the Gaussian shell ‖ε‖ = √D (keeps it a plausible noise; "
                         "default: the model's — off for SDXL as in the paper, on for builtin:digits)")  # fmt: skip
+
+
+def optimize_options(args: argparse.Namespace) -> dict:
+    """The optimisation options given on the command line (None = the model's or the library's default)."""
+    return {name: getattr(args, name) for name in OPTIMIZE} | {"renorm": args.renorm}
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
@@ -225,8 +164,5 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 
 def settings_overrides(args: argparse.Namespace) -> dict:
-    """The Engine settings given on the command line (None = the model's default)."""
-    return dict(
-        height=args.height, width=args.width, steps=args.steps, inversion_steps=args.inversion_steps,
-        guidance_scale=args.guidance, inversion_guidance_scale=args.inversion_guidance, batch_size=args.batch_size,
-    )  # fmt: skip
+    """The sampling settings given on the command line (None = the model's default)."""
+    return {name: getattr(args, name) for name in SETTINGS if name != "batch_size"}

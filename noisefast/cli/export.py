@@ -8,7 +8,7 @@ from noisefast.cli.args import Command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from noisefast.denoisers.onnx_export import add_export_arguments
+    from noisefast.denoisers.onnx_args import add_export_arguments
 
     add_export_arguments(parser)
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from noisefast.cli.args import Command, add_model_arguments, add_optimize_arguments, add_output_arguments, add_prompt_arguments, add_seed_arguments, add_settings_arguments
+from noisefast.cli.args import (Command, add_model_arguments, add_optimize_arguments, add_output_arguments,
+                                add_prompt_arguments, add_seed_arguments, add_settings_arguments, optimize_options)  # fmt: skip
 from noisefast.cli.run import Run, fmt_prompt
 
 
@@ -25,11 +26,15 @@ def run(args: argparse.Namespace) -> int:
     from noisefast.report import curve_png, save_images, save_png
     from noisefast.workflows import optimize_seeds
 
+    from noisefast.params import OPTIMIZE
+
     run = Run("optimize", args)
+    options = optimize_options(args)
     d = run.engine.defaults
-    options = dict(iterations=args.iterations, lr=d.optimize_lr if args.lr is None else args.lr, momentum=args.momentum,
-                   target=args.target, renorm=d.optimize_renorm if args.renorm is None else args.renorm)  # fmt: skip
-    run.report["settings"] |= options
+    in_effect = {name: p.default if options[name] is None else options[name] for name, p in OPTIMIZE.items()}
+    in_effect |= {"lr": d.optimize_lr if args.lr is None else args.lr,
+                  "renorm": d.optimize_renorm if args.renorm is None else args.renorm}  # fmt: skip
+    run.report["settings"] |= in_effect
     lines = []
     for i, prompt in enumerate(run.prompts):
         folder = run.folder(i, prompt)

@@ -14,12 +14,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from noisefast.atomic import dumps_json
-from noisefast.cli.args import fast_path_options, read_prompts, settings_overrides
-from noisefast.denoisers.guidance import describe_inversion_guidance
+from noisefast.cli.args import read_prompts, settings_overrides
+from noisefast.config import EngineConfig
 from noisefast.errors import OutputError
 from noisefast.progress import ProgressBar, stderr_is_terminal
 
-EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
+from noisefast.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE  # noqa: F401  (re-exported for the subcommands)
 
 
 def prepare_out_dir(out: str) -> Path:
@@ -41,6 +41,7 @@ class Run:
     """The engine, the output folder and the report being filled in."""
 
     def __init__(self, command: str, args: argparse.Namespace):
+        from noisefast.denoisers.guidance import describe_inversion_guidance
         from noisefast.pipeline import Engine
         from noisefast.report import versions
 
@@ -48,12 +49,8 @@ class Run:
         self.args = args
         self.prompts = read_prompts(args)
         self.out = prepare_out_dir(args.out)  # before the (slow) model load: a bad path fails at once
-        self.engine = Engine.from_pretrained(
-            args.model, device=args.device, dtype=args.dtype, backend=args.backend, variant=args.variant,
-            family=args.family, strict=args.strict, fast_path=fast_path_options(args),
-        )  # fmt: skip
+        self.engine = Engine.from_config(EngineConfig.from_cli_args(args))
         load_s = time.perf_counter() - self.t0
-        self.threads = _set_threads(args.threads, self.engine)
         self.settings = self.engine.settings(**{k: v for k, v in settings_overrides(args).items() if v is not None})
         self.engine.batch_size_for(self.settings)  # refuses a batch that cannot fit before any work
         self.show_progress = args.progress if args.progress is not None else stderr_is_terminal()
@@ -61,7 +58,7 @@ class Run:
             "command": command,
             "argv": sys.argv[1:],
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "model": self.engine.describe() | {"threads": self.threads},
+            "model": self.engine.describe(),
             "settings": self.settings.as_dict() | {
                 "negative_prompt": args.negative_prompt,
                 "inversion_guidance": describe_inversion_guidance(self.settings.inversion_guidance_scale),
@@ -99,8 +96,11 @@ class Run:
         if self.args.json:
             print(dumps_json(self.report))
         else:
+            from noisefast.denoisers.guidance import describe_inversion_guidance
+
             d, s = self.report["model"], self.settings
-            print(f"noisefast {self.report['command']} · {d['model']} ({d['family']}, {d['device']} {d['dtype']}) · "
+            print(f"noisefast {self.report['command']} · {d['model']} ({d['family']}, {d['device']} {d['dtype']}, "
+                  f"{d['backend']}) · "
                   f"{d['sampler']} {s.steps} steps + {s.inversion_steps} inversion steps, "
                   f"guidance {s.guidance_scale:g}{' (embedded)' if d['guidance'] == 'embedded' else ''} "
                   f"(inversion {describe_inversion_guidance(s.inversion_guidance_scale)}), {s.width}×{s.height}")  # fmt: skip
@@ -108,18 +108,6 @@ class Run:
                 print(line)
             print(f"report: {path}" + ("  (interrupted: partial results)" if interrupted else ""))
         return EXIT_INTERRUPTED if interrupted else EXIT_OK
-
-
-def _set_threads(threads: int | None, engine) -> int:
-    """``--threads``, else 1 for a pixel model on CPU (measured: its 8×8 layers run ~10× slower with 2 threads
-    on a busy 2-core machine, as the threads spin-wait); returns the count in effect."""
-    import torch
-
-    if threads is None and engine.kind == "pixel" and engine.device.type == "cpu":
-        threads = 1
-    if threads is not None:
-        torch.set_num_threads(threads)
-    return torch.get_num_threads()
 
 
 def fmt_prompt(p: str) -> str:

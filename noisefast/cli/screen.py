@@ -12,12 +12,12 @@ import argparse
 import sys
 
 from noisefast.cli.args import (Command, add_model_arguments, add_seed_arguments, add_settings_arguments, int_in,
-                                positive_int)  # fmt: skip
+                                positive_int, settings_overrides)  # fmt: skip
 from noisefast.cli.run import EXIT_INTERRUPTED, EXIT_OK
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from noisefast.screen.job import DEFAULT_SHARD_SIZE
+    from noisefast.defaults import DEFAULT_SHARD_SIZE
 
     add_model_arguments(p)
     g = p.add_argument_group("screen")
@@ -49,6 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from noisefast.atomic import dumps_json
+    from noisefast.config import EngineConfig
     from noisefast.errors import InputError
     from noisefast.progress import stderr_is_terminal
     from noisefast.screen import ScreenInterrupted, screen
@@ -66,27 +67,12 @@ def run(args: argparse.Namespace) -> int:
         from noisefast.screen.ray_runner import import_ray
 
         import_ray()  # without Ray: one line, before anything loads
-    engine, threads = None, args.threads
-    if args.ray is None:
-        from noisefast.cli.run import _set_threads, prepare_out_dir
-        from noisefast.pipeline import Engine
-
-        prepare_out_dir(args.out)  # before the (slow) model load
-        engine = Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype, backend=args.backend,
-                                        variant=args.variant, family=args.family, strict=args.strict)  # fmt: skip
-        threads = _set_threads(args.threads, engine)
-    elif threads is None and args.model.startswith("builtin:"):
-        threads = 1  # as in process: the tiny built-in models lose to threading overhead
-    kw = dict(height=args.height, width=args.width, steps=args.steps, inversion_steps=args.inversion_steps,
-              guidance_scale=args.guidance, inversion_guidance_scale=args.inversion_guidance, batch_size=args.batch_size)
     try:
-        res = screen(prompts, args.seeds, args.out, model=args.model, engine=engine,
+        res = screen(prompts, args.seeds, args.out, config=EngineConfig.from_cli_args(args),
                      negative_prompt=args.negative_prompt, shard_size=args.shard_size, proxy_steps=args.proxy_steps,
                      rescore_top=args.rescore_top, top_k=args.top_k, force=args.force, ray=args.ray,
-                     ray_workers=args.ray_workers, threads=threads, device=args.device, dtype=args.dtype,
-                     backend=args.backend, variant=args.variant, family=args.family,
-                     progress=args.progress if args.progress is not None else stderr_is_terminal(),
-                     argv=sys.argv[1:], **kw)  # fmt: skip
+                     ray_workers=args.ray_workers, progress=args.progress if args.progress is not None else
+                     stderr_is_terminal(), argv=sys.argv[1:], **settings_overrides(args))  # fmt: skip
     except ScreenInterrupted as e:
         print(f"noisefast screen: {e}", file=sys.stderr)
         return EXIT_INTERRUPTED

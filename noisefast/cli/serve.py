@@ -23,9 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--graceful-timeout", type=float_in(0, 3600), default=60.0,
                    help="seconds SIGTERM waits for requests in flight (default: 60)")  # fmt: skip
     g.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
-    b = p.add_argument_group("batching")
-    b.add_argument("--max-batch", type=int_in(1, 4096), default=32,
-                   help="rows per UNet batch, shared by concurrent requests (1: no dynamic batching; default: 32)")  # fmt: skip
+    b = p.add_argument_group("batching (rows per UNet batch, shared by concurrent requests: --batch-size)")
     b.add_argument("--max-wait-ms", type=float_in(0, 10_000), default=5.0,
                    help="how long a batch waits for more rows (default: 5)")  # fmt: skip
     b.add_argument("--max-queue", type=positive_int, default=4096, help="rows queued before 429 (default: 4096)")
@@ -48,11 +46,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
+    from noisefast.config import EngineConfig
     from noisefast.serve import ServeConfig
 
     return ServeConfig(
-        model=args.model, device=args.device, dtype=args.dtype, backend=args.backend, threads=args.threads,
-        strict=args.strict, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue_rows=args.max_queue,
+        engine=EngineConfig.from_cli_args(args), max_wait_ms=args.max_wait_ms, max_queue_rows=args.max_queue,
         max_queue_tasks=args.max_queue_tasks, request_timeout_s=args.timeout, max_seeds=args.max_seeds,
         max_steps=args.max_steps, max_side=args.max_side, max_iterations=args.max_iterations,
         max_body_bytes=args.max_body_bytes, api_key=args.api_key or os.environ.get("NOISEFAST_API_KEY") or None,

@@ -25,9 +25,8 @@ from pathlib import Path
 import torch
 
 from noisefast.denoisers.base import Denoiser
+from noisefast.config import BACKENDS
 from noisefast.errors import BackendUnavailableError
-
-BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt")
 
 
 def _is_onnx(ref) -> bool:

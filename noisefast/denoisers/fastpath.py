@@ -28,49 +28,11 @@ the tiny UNet for dtype-free options; the CUDA-only ones are checked by bench/gp
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 
 import torch
 
+from noisefast.config import ATTENTION, FastPathOptions
 from noisefast.denoisers.base import Condition
-
-ATTENTION = ("default", "sdpa", "flash", "efficient", "cudnn", "math")
-DTYPES = {None: None, "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-@dataclass(frozen=True)
-class FastPathOptions:
-    """Which fast-path pieces to use (see the module docstring); the defaults are the plain path."""
-
-    dtype: str | None = None
-    channels_last: bool = False
-    attention: str = "default"
-    fuse_qkv: bool = False
-    cuda_graph: bool = False
-    pinned: bool = False
-
-    def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise ValueError(f"FastPathOptions.dtype must be one of {sorted(k for k in DTYPES if k)} or None, "
-                             f"got {self.dtype!r}")
-        if self.attention not in ATTENTION:
-            raise ValueError(f"FastPathOptions.attention must be one of {ATTENTION}, got {self.attention!r}")
-        for name in ("channels_last", "fuse_qkv", "cuda_graph", "pinned"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"FastPathOptions.{name} must be a bool, got {getattr(self, name)!r}")
-
-    @property
-    def torch_dtype(self) -> torch.dtype | None:
-        return DTYPES[self.dtype]
-
-    @classmethod
-    def turbo(cls) -> "FastPathOptions":
-        """Everything on, fp16: the configuration bench/gpu_check.sh measures as "noisefast fast path"."""
-        return cls(dtype="float16", channels_last=True, attention="sdpa", fuse_qkv=True, cuda_graph=True, pinned=True)
-
-    def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("dtype", "channels_last", "attention", "fuse_qkv", "cuda_graph", "pinned")}
-
 
 def _sdpa_backends(attention: str):
     """The ``SDPBackend`` list for one kernel name (None: let torch choose)."""

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from noisefast.denoisers.onnx_args import add_export_arguments
 from noisefast.denoisers.artifacts import replace_dir, sha256_files, temporary_sibling_dir
 from noisefast.errors import BackendUnavailableError
 from noisefast.denoisers.onnx_io import (
@@ -287,24 +288,6 @@ def export_unet_onnx(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir / MODEL_FILE
-
-
-def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The export options, for ``python -m noisefast.denoisers.onnx_export`` and ``noisefast export``."""
-    parser.add_argument("--model", required=True, help="diffusers pipeline or UNet folder, or a hub id")
-    parser.add_argument("--out", required=True, help="output folder (replaced atomically)")
-    parser.add_argument("--dtype", choices=sorted(EXPORT_DTYPES), default="float32")
-    parser.add_argument("--device", default=None, help="device to trace on (default: where the model loads, cpu)")
-    parser.add_argument("--height", type=int, default=None, help="image height in pixels (latent = height / 8)")
-    parser.add_argument("--width", type=int, default=None, help="image width in pixels (latent = width / 8)")
-    parser.add_argument("--dynamic-hw", action="store_true", help="accept any latent height/width")
-    parser.add_argument("--static-batch", type=int, default=None, help="fix the batch size (default: dynamic)")
-    parser.add_argument("--seq-len", type=int, default=77, help="prompt embedding length traced (SDXL: 77)")
-    parser.add_argument("--static-seq", action="store_true", help="accept only --seq-len (default: any length)")
-    parser.add_argument("--opset", type=int, default=None)
-    parser.add_argument("--external-data", choices=["auto", "yes", "no"], default="auto")
-    parser.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript")
-    return parser
 
 
 def run_export(args: argparse.Namespace) -> Path:

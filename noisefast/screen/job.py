@@ -15,20 +15,23 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from noisefast.errors import BackendUnavailableError, InputError
+from noisefast.config import EngineConfig
+from noisefast.defaults import DEFAULT_SHARD_SIZE
+from noisefast.engine_inputs import candidate_seeds
+from noisefast.errors import BackendUnavailableError, InputError, Interrupted
 from noisefast.screen.prompts_io import PromptItem, make_items, read_prompt_file
 from noisefast.screen.runner import LocalExecutor, shard_task
 from noisefast.screen.shards import (SETTINGS_KEYS, OutDir, Shard, check_same_run, digest, plan_grid, plan_rescore,
                                      read_manifest, seeds_digest)  # fmt: skip
 
-DEFAULT_SHARD_SIZE = 1024  # rows per shard: what a kill can lose, and the unit Ray hands out
 FORMAT = "noisefast-screen/1"
+ENGINE_OPTIONS = {f.name for f in fields(EngineConfig)} - {"batch_size"}  # batch_size= is the per-call setting
 
 
 @dataclass
@@ -49,13 +52,12 @@ class ScreenResult:
         return load_scores(self.out)
 
 
-class ScreenInterrupted(KeyboardInterrupt):
+class ScreenInterrupted(Interrupted):
     """Ctrl-C during a screen: finished shards are on disk, none half-written; ``.result`` says how far it got."""
 
     def __init__(self, result: ScreenResult, resume_hint: str):
         super().__init__(f"screen interrupted: {result.shards_skipped} of {result.shards_total} shards finished; "
-                         f"{resume_hint}")  # fmt: skip
-        self.result = result
+                         f"{resume_hint}", result)  # fmt: skip
 
 
 def _items(prompts, negative_prompt: str | None) -> list[PromptItem]:
@@ -80,18 +82,6 @@ def _items(prompts, negative_prompt: str | None) -> list[PromptItem]:
             raise InputError("no prompts to screen")
         return items
     raise InputError(f"prompts must be a file path or a list of prompts, got {type(prompts).__name__}")
-
-
-def _seeds(seeds) -> list[int]:
-    from noisefast.seeds import check_seeds
-
-    try:
-        seeds = check_seeds(seeds)
-    except (TypeError, ValueError) as e:
-        raise InputError(str(e)) from None
-    if len(set(seeds)) != len(seeds):
-        raise InputError("a seed is listed twice")
-    return seeds
 
 
 def _table(shard: Shard, scores: np.ndarray, settings: dict, model: str, dtype: str):
@@ -135,20 +125,20 @@ def _top_seeds(out: Path, items: Sequence[PromptItem], m: int) -> dict[str, tupl
     return top
 
 
-def screen(prompts, seeds: Iterable[int] = range(100), out="screen", *, model: str = "builtin:digits", engine=None,
-           negative_prompt: str | None = None, height: int | None = None, width: int | None = None,
-           steps: int | None = None, inversion_steps: int | None = None, guidance_scale: float | None = None,
-           inversion_guidance_scale: float | None = None, batch_size: int | None = None,
+def screen(prompts, seeds: Iterable[int] | None = None, out="screen", *, config: EngineConfig | None = None,
+           engine=None, negative_prompt: str | None = None, settings: dict | None = None,
            shard_size: int = DEFAULT_SHARD_SIZE, proxy_steps: int | None = None, rescore_top: int | None = None,
            top_k: int = 5, force: bool = False, ray: str | bool | None = None, ray_workers: int | None = None,
-           threads: int | None = None, device=None, dtype=None, backend: str = "torch", variant: str | None = None,
-           family: str | None = None, progress: bool = False, argv: Sequence[str] | None = None) -> ScreenResult:  # fmt: skip
+           progress: bool = False, argv: Sequence[str] | None = None, **overrides) -> ScreenResult:  # fmt: skip
     """Score every (prompt, seed) into ``out`` (see the module doc); rerunning the same call resumes.
 
     ``prompts``: a file (.txt/.jsonl/.csv/.parquet) or a list of strings / ``{"prompt", "id"?,
-    "negative_prompt"?}`` dicts. ``engine``: an `Engine` to use instead of loading ``model`` (in process).
-    ``ray``: True or ``"local"`` for a local Ray instance, an address for a cluster. Ctrl-C raises
-    `ScreenInterrupted`; finished shards stay and the same call resumes.
+    "negative_prompt"?}`` dicts; ``seeds`` default ``range(DEFAULT_NUM_CANDIDATES)``. The Engine: ``engine`` (one
+    already built, in process), else ``config`` (an `EngineConfig`), else the `EngineConfig` fields as keywords
+    (``model="..."``, ``threads=1``, ``backend=...``) — what the Ray actors build theirs from too. Settings: the
+    `Settings` keywords (``steps=``, ``height=``, ...) or ``settings={...}``. ``ray``: True or ``"local"`` for a
+    local Ray instance, an address for a cluster. Ctrl-C raises `ScreenInterrupted`; finished shards stay and the
+    same call resumes.
     """
     from noisefast.progress import ProgressBar
     from noisefast.report import versions
@@ -161,7 +151,7 @@ def screen(prompts, seeds: Iterable[int] = range(100), out="screen", *, model: s
     except ImportError:
         raise BackendUnavailableError("noisefast screen needs pyarrow and pandas: pip install 'noisefast[screen]'") from None
     items = _items(prompts, negative_prompt)
-    seeds = _seeds(seeds)
+    seeds = candidate_seeds(seeds)
     shard_size = check_int("shard_size", shard_size, 1, 10_000_000)
     top_k = check_int("top_k", top_k, 1, 10_000)
     if (proxy_steps is None) != (rescore_top is None):
@@ -169,28 +159,27 @@ def screen(prompts, seeds: Iterable[int] = range(100), out="screen", *, model: s
     if proxy_steps is not None:
         proxy_steps = check_int("proxy_steps", proxy_steps, 1, 1000)
         rescore_top = min(check_int("rescore_top", rescore_top, 1, 10_000_000), len(seeds))
-    if ray is not None and ray is not False and engine is not None:
-        raise InputError("pass engine= or ray=, not both (Ray actors load their own Engine)")
+    use_ray = ray is not None and ray is not False
+    if use_ray and engine is not None:
+        raise InputError("pass engine= or ray=, not both (Ray actors build their own Engine from config=)")
+    options = {k: overrides.pop(k) for k in list(overrides) if k in ENGINE_OPTIONS}
+    if sum(x is not None for x in (config, engine, options or None)) > 1:
+        raise InputError("pass one of engine=, config= or engine options (model=, threads=, ...)")
+    config = engine.config if engine is not None else config or EngineConfig(**options)
+    if settings is not None and overrides:
+        raise InputError(f"pass settings= or the keywords {sorted(overrides)}, not both")
+    overrides = {k: v for k, v in (settings if settings is not None else overrides).items() if v is not None}
     outdir = OutDir(out).prepare()  # before the (slow) model load: a bad or busy folder fails at once
     executor = None
     try:
-        overrides = {k: v for k, v in dict(height=height, width=width, steps=steps, inversion_steps=inversion_steps,
-                                            guidance_scale=guidance_scale, inversion_guidance_scale=inversion_guidance_scale,
-                                            batch_size=batch_size).items() if v is not None}  # fmt: skip
-        load = dict(model=model, device=device, dtype=dtype, backend=backend, variant=variant, family=family)
-        if ray is not None and ray is not False:
+        if use_ray:
             from noisefast.screen.ray_runner import RayExecutor
 
-            import torch
-
-            address = None if ray is True else str(ray)
-            executor = RayExecutor(address, load, threads=threads or torch.get_num_threads(), workers=ray_workers)
+            executor = RayExecutor(None if ray is True else str(ray), config, workers=ray_workers)
         else:
-            if engine is None:
-                from noisefast.pipeline import Engine
+            from noisefast.pipeline import Engine
 
-                engine = Engine.from_pretrained(**load)
-            executor = LocalExecutor(engine)
+            executor = LocalExecutor(engine if engine is not None else Engine.from_config(config))
         info, full = executor.describe(overrides)
         settings6 = {k: full[k] for k in SETTINGS_KEYS}
         model_id, dtype_name = str(info["model"]), str(info["dtype"])
@@ -207,7 +196,7 @@ def screen(prompts, seeds: Iterable[int] = range(100), out="screen", *, model: s
             },
             "seed_range": [min(seeds), max(seeds)],
             "batch_size": full.get("batch_size"),
-            "model_info": info,
+            "engine": info,  # the engine configuration in effect (as /v1/info and report.json record it)
             "executor": executor.name,
             "versions": versions(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -33,16 +33,14 @@ def import_ray():
 
 
 class ScreenWorker:
-    """A Ray actor's body: one Engine, loaded once; scores shard tasks."""
+    """A Ray actor's body: one Engine, built once from the driver's `EngineConfig` (sent as a dict); scores shard
+    tasks."""
 
-    def __init__(self, load: dict, threads: int | None):
-        import torch
-
-        if threads:
-            torch.set_num_threads(threads)
+    def __init__(self, config: dict):
+        from noisefast.config import EngineConfig
         from noisefast.pipeline import Engine
 
-        self.engine = Engine.from_pretrained(**load)
+        self.engine = Engine.from_config(EngineConfig.from_dict(config))
 
     def describe(self, overrides: dict) -> tuple[dict, dict]:
         return LocalExecutor(self.engine).describe(overrides)
@@ -56,8 +54,7 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, address: str | None, load: dict, *, threads: int | None, workers: int | None = None,
-                 max_tasks: int | None = None):  # fmt: skip
+    def __init__(self, address: str | None, config, *, workers: int | None = None, max_tasks: int | None = None):
         ray = import_ray()
         from ray.util import ActorPool
 
@@ -74,16 +71,17 @@ class RayExecutor:
             self.started = True
         res = ray.cluster_resources()
         gpus = int(res.get("GPU", 0))
-        device = (load.get("device") or "").split(":")[0]
-        use_gpu = gpus > 0 and device != "cpu"
-        cpus_each = max(1, threads or 1)
+        use_gpu = gpus > 0 and not (config.device or "").startswith("cpu")
+        cpus_each = config.planned_threads() or 1  # an actor's CPUs = the threads its Engine will use
         n = workers or (gpus if use_gpu else max(1, int(res.get("CPU", 1)) // cpus_each))
         n = max(1, min(n, max_tasks or n))
         opts = {"num_gpus": 1, "num_cpus": 1} if use_gpu else {"num_cpus": cpus_each}
-        if use_gpu and load.get("device") is not None:
-            load = {**load, "device": "cuda"}  # each actor sees its one GPU as cuda:0
+        if use_gpu and config.device is not None:
+            config = config.replace(device="cuda")  # each actor sees its one GPU as cuda:0
+        if not use_gpu and config.threads is None:
+            config = config.replace(threads=cpus_each)  # the actor's reserved CPUs, not torch's guess of the node's
         remote = ray.remote(max_restarts=2, max_task_retries=2, **opts)(ScreenWorker)
-        self.actors = [remote.remote(load, threads) for _ in range(n)]
+        self.actors = [remote.remote(config.as_dict()) for _ in range(n)]
         self.pool = ActorPool(self.actors)
         self.workers = n
         self.resources = {"gpus_per_actor": opts.get("num_gpus", 0), "cpus_per_actor": opts["num_cpus"]}

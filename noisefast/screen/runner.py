@@ -1,9 +1,9 @@
 """Scoring shards: one function (`score_shard`) over the shared row packing, and the in-process executor.
 
-`score_shard` is what every executor runs, in process or inside a Ray actor: the shard's prompts become
-`noisefast.batching.ScoreJob`s over the Engine's cached conditions and go through
-`noisefast.batching.score_stream` with the Engine's `RowScorer` — rows of different prompts share UNet
-batches, and a shard's batches are the same whoever scores it (its scores are reproducible bit for bit).
+`score_shard` is what every executor runs, in process or inside a Ray actor: the shard's (prompt, negative prompt,
+seeds) items go through `Engine.score_stream` — the Engine's cached conditions and its `RowScorer`, so rows of
+different prompts share UNet batches, and a shard's batches are the same whoever scores it (its scores are
+reproducible bit for bit).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from noisefast.batching import ScoreJob, score_stream
 from noisefast.screen.shards import Shard
 
 # A shard as plain data (what crosses a process boundary): stage, [(prompt, negative_prompt, seeds)], settings
@@ -30,12 +29,12 @@ def shard_task(shard: Shard, settings: dict) -> ShardTask:
 def score_shard(engine, task: ShardTask, on_rows: Callable[[int], None] | None = None) -> np.ndarray:
     """s(ε) of every row of ``task`` (item-major, seed order) as float32 [rows]; ``on_rows(n)`` per batch."""
     s = engine.settings(**task["settings"])
-    jobs = [ScoreJob(i, engine.condition(p, neg, s), seeds) for i, (p, neg, seeds) in enumerate(task["items"])]
-    total = sum(len(j.seeds) for j in jobs)
+    items = [(i, p, neg, seeds) for i, (p, neg, seeds) in enumerate(task["items"])]
+    total = sum(len(seeds) for *_, seeds in items)
     out = np.empty(total, dtype=np.float32)
     pos = 0
     progress = None if on_rows is None else (lambda done, _total: on_rows(done))
-    for part in score_stream(engine.scorer(s), jobs, engine.batch_size_for(s), progress=progress):
+    for part in engine.score_stream(items, settings=s, progress=progress):
         n = len(part.seeds)
         out[pos : pos + n] = part.scores.numpy()
         pos += n

@@ -4,7 +4,12 @@
     POST /v1/select     same → best/worst seed and score, every seed sorted most → least stable, "source"
     POST /v1/optimize   {"prompt", "seed", "iterations", ...} → stability curve, noise (base64 safetensors)
     POST /v1/generate   {"prompt", "seed" | "noise"} → PNG (base64 in JSON; raw with Accept: image/png)
+    GET  /v1/info       the engine configuration in effect (model, device, dtype, backend, batch size, threads,
+                        fast path) and the server's limits
     GET  /healthz  /readyz  /metrics
+
+The answers are `noisefast.workflows`' reports (``as_dict()``), field for field what the CLI writes to
+``report.json``: /v1/score lists seeds in the order asked, /v1/select ranks them most → least stable.
 
 Errors: a `noisefast.errors.NoisefastError` answers its ``http_status`` with ``{"detail": message}``
 (limits on a field: 422 with its ``loc``, like pydantic's); a full queue 429 + Retry-After; a request
@@ -28,7 +33,7 @@ from noisefast.serve.batcher import ClientGone, QueueFull
 from noisefast.serve.schemas import ErrorOut, GenerateIn, GenerateOut, OptimizeIn, OptimizeOut, ScoreIn, ScoreOut, SelectOut
 from noisefast.serve.service import FieldLimit, ServeConfig, Service
 
-ENDPOINTS = ("/v1/score", "/v1/select", "/v1/optimize", "/v1/generate", "/healthz", "/readyz", "/metrics")
+ENDPOINTS = ("/v1/score", "/v1/select", "/v1/optimize", "/v1/generate", "/v1/info", "/healthz", "/readyz", "/metrics")
 ERRORS = {s: {"model": ErrorOut} for s in (401, 413, 422, 429, 503, 504)}
 
 
@@ -149,6 +154,11 @@ def create_app(config: ServeConfig | None = None, *, engine=None, service: Servi
             return Response(png, media_type="image/png")
         return out
 
+    @v1.get("/info")
+    async def info():
+        """The engine configuration in effect (as reports and screen manifests record it) and the server's limits."""
+        return svc.info()
+
     app.include_router(v1)
 
     @app.get("/healthz")
@@ -158,7 +168,7 @@ def create_app(config: ServeConfig | None = None, *, engine=None, service: Servi
     @app.get("/readyz")
     async def readyz():
         ok = svc.ready and svc.batcher is not None and svc.batcher.alive
-        return JSONResponse({"ready": ok, "model": svc.config.model}, status_code=200 if ok else 503)
+        return JSONResponse({"ready": ok, "model": svc.config.engine.model}, status_code=200 if ok else 503)
 
     @app.get("/metrics")
     async def metrics():

@@ -1,7 +1,8 @@
 """Dynamic batching across HTTP requests: ONE worker thread owns the model; the event loop never runs it.
 
 A score/select request becomes rows (`noisefast.batching.Row`: its prompt's condition × each seed). Rows
-wait in one FIFO per `Settings.group()`; the worker packs up to ``max_batch`` rows of a group — rows of
+wait in one FIFO per `Settings.group()`; the worker packs up to the Engine's rows per batch for those settings
+(`Engine.batch_size_for`: the ``--batch-size`` engine option, else the model's) of a group — rows of
 different requests and prompts share the UNet batch — through ``engine.scorer(settings)`` (the same
 `RowScorer` select and screen use) and cuts the scores back per request with `split_scores`. A group's
 batch goes when it is full or its oldest row has waited ``max_wait_s``; among ready groups the one whose
@@ -89,11 +90,11 @@ class Task(_Work):
 class Batcher:
     """The worker thread and its queues; see the module docstring."""
 
-    def __init__(self, engine, *, max_batch: int = 32, max_wait_s: float = 0.005, max_queue_rows: int = 4096,
-                 max_queue_tasks: int = 64, metrics=None):  # fmt: skip
-        if max_batch < 1 or max_wait_s < 0 or max_queue_rows < 1 or max_queue_tasks < 1:
-            raise ValueError("max_batch, max_queue_rows, max_queue_tasks must be ≥ 1 and max_wait_s ≥ 0")
-        self.engine, self.max_batch, self.max_wait_s = engine, max_batch, max_wait_s
+    def __init__(self, engine, *, max_wait_s: float = 0.005, max_queue_rows: int = 4096, max_queue_tasks: int = 64,
+                 metrics=None):  # fmt: skip
+        if max_wait_s < 0 or max_queue_rows < 1 or max_queue_tasks < 1:
+            raise ValueError("max_queue_rows, max_queue_tasks must be ≥ 1 and max_wait_s ≥ 0")
+        self.engine, self.max_wait_s = engine, max_wait_s
         self.max_queue_rows, self.max_queue_tasks = max_queue_rows, max_queue_tasks
         self.metrics = metrics
         self._cv = threading.Condition()
@@ -101,6 +102,7 @@ class Batcher:
         self._groups: dict[tuple, deque] = {}  # group → deque[(request, seed)]
         self._tasks: deque[Task] = deque()
         self._scorers: dict[tuple, object] = {}
+        self._rows: dict[tuple, int] = {}  # group → rows per UNet batch (Engine.batch_size_for its settings)
         self._served: dict[tuple | None, float] = {}  # queue (None: tasks) → when it last went
         self._queued_rows = 0
         self._serial = itertools.count()
@@ -170,7 +172,8 @@ class Batcher:
             raise ShuttingDown("the server is shutting down")
 
     def _retry_after(self) -> float:
-        return max(1.0, round(self._queued_rows / max(self.max_batch, 1) * 0.05, 1))
+        rows = max(self._rows.values(), default=1)
+        return max(1.0, round(self._queued_rows / rows * 0.05, 1))
 
     def cancel(self, work: _Work) -> None:
         """Drop ``work``'s queued rows (they never reach the UNet); a running task sees ``is_cancelled()``."""
@@ -234,13 +237,16 @@ class Batcher:
             return
         try:
             req.cond = self.engine.condition(req.prompt, req.negative_prompt, req.settings)
+            rows = self.engine.batch_size_for(req.settings)
         except Exception as e:
             self._fail(req, e)
             return
         with self._cv:
             if req.cancelled:
                 return
-            self._groups.setdefault(req.settings.group(), deque()).extend((req, s) for s in req.seeds)
+            g = req.settings.group()
+            self._rows.setdefault(g, rows)
+            self._groups.setdefault(g, deque()).extend((req, s) for s in req.seeds)
 
     def _next(self):
         """Under the lock: the next task or batch, oldest first; waits (briefly) while nothing is ready."""
@@ -254,7 +260,7 @@ class Batcher:
             if not q:
                 continue
             head = q[0][0].enqueued
-            if len(q) >= self.max_batch or now - head >= self.max_wait_s or self._stopping:
+            if len(q) >= self._rows[g] or now - head >= self.max_wait_s or self._stopping:
                 ready.append((max(head, self._served.get(g, 0.0)), head, g))
             else:
                 wake = min(wake or 1e18, head + self.max_wait_s)
@@ -282,7 +288,7 @@ class Batcher:
 
     def _take(self, g) -> list[tuple[ScoreRequest, int]]:
         q, taken = self._groups[g], []
-        while q and len(taken) < self.max_batch:
+        while q and len(taken) < self._rows[g]:
             req, seed = q.popleft()
             if req.cancelled:
                 continue

@@ -13,21 +13,25 @@ from __future__ import annotations
 
 from dataclasses import fields
 
+from noisefast.config import EngineConfig
 from noisefast.serve.service import ServeConfig
 
 
-def ray_app(model: str = "builtin:digits", *, num_replicas: int = 1, ray_actor_options: dict | None = None,
-            max_ongoing_requests: int = 256, name: str = "noisefast", **options):  # fmt: skip
-    """A bound Ray Serve application (pass to ``serve.run``); ``options``: `ServeConfig` fields."""
+def ray_app(model: str | EngineConfig = "builtin:digits", *, num_replicas: int = 1,
+            ray_actor_options: dict | None = None, max_ongoing_requests: int = 256, name: str = "noisefast",
+            **options):  # fmt: skip
+    """A bound Ray Serve application (pass to ``serve.run``); ``model``: a model spec or a whole `EngineConfig`
+    (what each replica builds its Engine from); ``options``: the other `ServeConfig` fields."""
     from ray import serve
 
     from noisefast.serve.app import create_app
 
-    known = {f.name for f in fields(ServeConfig)}
+    known = {f.name for f in fields(ServeConfig)} - {"engine"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise TypeError(f"ray_app: unknown options {unknown} (ServeConfig fields: {sorted(known)})")
-    config = ServeConfig(model=model, **options)
+    engine = model if isinstance(model, EngineConfig) else EngineConfig(model=model)
+    config = ServeConfig(engine=engine, **options)
     # The app is pickled into each replica with its own (unloaded) Service; Ray Serve runs the ASGI lifespan
     # there, which loads the model once per replica and stops its worker thread at shutdown.
     fastapi_app = create_app(config)

@@ -11,7 +11,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from noisefast.seeds import SEED_LIMIT
+from noisefast.defaults import DEFAULT_NUM_CANDIDATES
+
+from noisefast.params import OPTIMIZE, SEED_LIMIT
 
 Seed = Annotated[int, Field(ge=0, lt=SEED_LIMIT)]
 
@@ -52,8 +54,9 @@ Prompt = Annotated[str, Field(min_length=1, max_length=2000)]
 
 class ScoreIn(Strict):
     prompt: Prompt
-    seeds: list[Seed] | SeedRange = Field(default_factory=lambda: SeedRange(start=0, stop=100),
-                                          description="a list of seeds or {start, stop} (default 0..99)")  # fmt: skip
+    seeds: list[Seed] | SeedRange = Field(default_factory=lambda: SeedRange(start=0, stop=DEFAULT_NUM_CANDIDATES),
+                                          description=f"a list of seeds or {{start, stop}} (default "
+                                                      f"0..{DEFAULT_NUM_CANDIDATES - 1})")  # fmt: skip
     negative_prompt: Annotated[str, Field(max_length=2000)] | None = None
     settings: SettingsIn = Field(default_factory=SettingsIn)
 
@@ -66,41 +69,63 @@ class ScoreIn(Strict):
         return s.stop - s.start if isinstance(s, SeedRange) else len(s)
 
 
+class Timings(BaseModel):
+    score_s: float | None = None
+    seeds_per_s: float | None = None
+    generate_s: float | None = None
+    optimize_s: float | None = None
+    s_per_step: float | None = None
+
+
 class ScoreOut(BaseModel):
-    seeds: list[int]  # in the order asked
+    """`noisefast.workflows.ScoreReport.as_dict`: seeds and scores in the order asked."""
+
+    prompt: str
+    seeds: list[int]
     scores: list[float | None]  # s(ε) per seed; null for a non-finite score
-
-
-class SelectOut(BaseModel):
     best_seed: int
     best_score: float | None
     worst_seed: int
     worst_score: float | None
-    seeds: list[int]  # sorted most → least stable (as `Engine.select`)
-    scores: list[float | None]
+    complete: bool
+    scored: int
+    requested: int
+    timings: Timings
+
+
+class SelectOut(ScoreOut):
+    """`noisefast.workflows.SelectReport.as_dict`: seeds and scores ranked most → least stable (as `Engine.select`)."""
+
     source: str  # "computed" | "bank" | "bank-any-prompt"
+
+
+_O = OPTIMIZE
 
 
 class OptimizeIn(Strict):
     prompt: Prompt
     seed: Seed
-    iterations: Annotated[int, Field(ge=1)] = 20
-    lr: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)] | None = None
-    momentum: Annotated[float, Field(ge=0, le=0.999)] = 0.5
-    target: Annotated[float, Field(ge=-1, le=1)] | None = None
+    iterations: Annotated[int, Field(ge=_O["iterations"].lo, le=_O["iterations"].hi)] = _O["iterations"].default
+    lr: Annotated[float, Field(ge=_O["lr"].lo, le=_O["lr"].hi, allow_inf_nan=False)] | None = None
+    momentum: Annotated[float, Field(ge=_O["momentum"].lo, le=_O["momentum"].hi)] = _O["momentum"].default
+    target: Annotated[float, Field(ge=_O["target"].lo, le=_O["target"].hi)] | None = None
     renorm: bool | None = None
     negative_prompt: Annotated[str, Field(max_length=2000)] | None = None
     settings: SettingsIn = Field(default_factory=SettingsIn)
 
 
 class OptimizeOut(BaseModel):
-    seed: int
-    initial_stability: float | None
-    final_stability: float | None
-    best_stability: float | None
-    curve: list[float | None]  # s(ε_k), k = 0 … steps_run
+    """`noisefast.workflows.OptimizeReport.as_dict` and the noise."""
+
+    prompt: str
+    seeds: list[int] | None
+    stability_before: list[float | None] | None  # s(ε_0), measured afresh
+    stability_after: list[float | None] | None  # s(best ε), measured afresh (null when cancelled)
+    history: list[list[float | None]]  # [steps_run + 1][1]: the optimiser's stability per step
     steps_run: int
     stop_reason: str
+    complete: bool
+    timings: Timings
     noise: str  # base64 of a safetensors file: tensors "initial", "best", "final" [1, C, H, W] float32
     noise_format: str = "safetensors+base64"
 
@@ -122,7 +147,12 @@ class GenerateIn(Strict):
 
 
 class GenerateOut(BaseModel):
-    seed: int | None
+    """`noisefast.workflows.GenerateReport.as_dict` and the image."""
+
+    prompt: str
+    seeds: list[int] | None  # null when generated from the given noise
+    complete: bool
+    timings: Timings
     width: int
     height: int
     image: str  # base64 PNG

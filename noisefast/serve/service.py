@@ -1,36 +1,32 @@
-"""The server's state and its four use cases, free of HTTP: `ServeConfig` (every option of ``noisefast
-serve``), `Service` (the engine loaded once, the `Batcher` that owns it, the metrics, the optional seed
-bank) and ``score/select/optimize/generate`` returning the response models of `noisefast.serve.schemas`.
+"""The server's state and its four use cases, free of HTTP: `ServeConfig` (every option of ``noisefast serve``:
+the `EngineConfig` and the server's own), `Service` (the Engine built once from that config, the `Batcher` that
+owns it, the metrics, the optional seed bank) and ``score/select/optimize/generate``.
 
-Results equal the Engine's for the same inputs: scores go through ``engine.scorer(settings)`` rows (the
-packing `Engine.select` uses), selections are sorted exactly as `noisefast.selection` sorts, optimize and
-generate call `Engine.optimize` / `Engine.generate` on the model's thread.
+The answers are the `noisefast.workflows` reports' ``as_dict()`` — the same fields, names and seed order as the
+CLI's ``report.json`` (score: the order asked; select: ranked most → least stable) — plus transport fields
+(base64 noise or image). Scores go through ``engine.scorer(settings)`` rows (the packing `Engine.select` uses);
+optimize and generate run the workflows on the model's thread.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import torch
 
+from noisefast.config import EngineConfig
 from noisefast.errors import InputError, LimitError
 from noisefast.serve.batcher import Batcher
 from noisefast.serve.metrics import Metrics
-from noisefast.serve.schemas import GenerateIn, GenerateOut, OptimizeIn, OptimizeOut, ScoreIn, ScoreOut, SelectOut, SettingsIn
+from noisefast.serve.schemas import GenerateIn, OptimizeIn, ScoreIn, SettingsIn
 
 
 @dataclass
 class ServeConfig:
-    model: str = "builtin:digits"
-    device: str | None = None
-    dtype: str | None = None  # "fp16" | "bf16" | "fp32"
-    backend: str = "torch"
-    threads: int | None = None
-    strict: bool = False
-    max_batch: int = 32  # rows per UNet batch (1 = no dynamic batching)
+    engine: EngineConfig = field(default_factory=EngineConfig)  # the Engine every request runs on
     max_wait_ms: float = 5.0  # how long a batch waits for more rows
     max_queue_rows: int = 4096  # beyond: 429
     max_queue_tasks: int = 64  # optimize/generate waiting; beyond: 429
@@ -45,6 +41,12 @@ class ServeConfig:
     bank_any_prompt: bool = False
     warmup: bool = True
 
+    def limits(self) -> dict:
+        return {"max_seeds": self.max_seeds, "max_steps": self.max_steps, "max_side": self.max_side,
+                "max_iterations": self.max_iterations, "max_body_bytes": self.max_body_bytes,
+                "max_queue_rows": self.max_queue_rows, "max_queue_tasks": self.max_queue_tasks,
+                "request_timeout_s": self.request_timeout_s, "max_wait_ms": self.max_wait_ms}  # fmt: skip
+
 
 class FieldLimit(InputError):
     """A value over a configured service limit; ``loc`` names the field (answered 422 like a schema error)."""
@@ -54,9 +56,6 @@ class FieldLimit(InputError):
     def __init__(self, loc: tuple, msg: str):
         super().__init__(msg)
         self.loc = loc
-
-
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 class Service:
@@ -70,27 +69,22 @@ class Service:
 
     # --- lifecycle ----------------------------------------------------------------------------------------
     def load(self) -> "Service":
-        """Load the model (unless given), the bank, and start the model's thread."""
+        """Build the Engine from ``config.engine`` (unless one was given), load the bank, start the model's thread."""
         c = self.config
         if self.engine is None:
             from noisefast.pipeline import Engine
 
-            self.engine = Engine.from_pretrained(c.model, device=c.device, dtype=DTYPES.get(c.dtype), backend=c.backend,
-                                                 strict=c.strict)  # fmt: skip
-        if c.threads is not None:
-            torch.set_num_threads(c.threads)
-        elif self.engine.kind == "pixel" and self.engine.device.type == "cpu":
-            torch.set_num_threads(1)  # as the CLI: tiny layers lose to threading overhead
-        self.engine.batch_size_for(self.settings(SettingsIn()))  # refuses a max batch that cannot fit
+            self.engine = Engine.from_config(c.engine)
+        self.engine.batch_size_for(self.settings(SettingsIn()))  # refuses a batch size that cannot fit
         if c.bank:
             from noisefast.serve.bank import SeedBank
 
             self.bank = SeedBank.load(c.bank)
             if self.bank.model != self.engine.model.source:
-                raise InputError(f"--bank was screened with model {self.bank.model!r}, the server runs {c.model!r}")
-        self.batcher = Batcher(self.engine, max_batch=c.max_batch, max_wait_s=c.max_wait_ms / 1000,
-                               max_queue_rows=c.max_queue_rows, max_queue_tasks=c.max_queue_tasks,
-                               metrics=self.metrics).start()  # fmt: skip
+                raise InputError(f"--bank was screened with model {self.bank.model!r}, the server runs "
+                                 f"{self.engine.model.source!r}")  # fmt: skip
+        self.batcher = Batcher(self.engine, max_wait_s=c.max_wait_ms / 1000, max_queue_rows=c.max_queue_rows,
+                               max_queue_tasks=c.max_queue_tasks, metrics=self.metrics).start()  # fmt: skip
         self.metrics.track_batcher(self.batcher)
         return self
 
@@ -106,6 +100,14 @@ class Service:
         if self.batcher is not None:
             self.batcher.stop()
 
+    def info(self) -> dict:
+        """``GET /v1/info``: the engine configuration in effect (as reports and screen manifests record it) and
+        this server's limits."""
+        from noisefast import __version__
+
+        return {"version": __version__, "engine": self.engine.describe(), "limits": self.config.limits(),
+                "bank": self.config.bank}  # fmt: skip
+
     # --- checks --------------------------------------------------------------------------------------------
     def settings(self, s: SettingsIn):
         c = self.config
@@ -114,7 +116,7 @@ class Service:
             v = getattr(s, name)
             if v is not None and v > limit:
                 raise FieldLimit(("body", "settings", name), f"settings.{name}={v} is over this server's limit of {limit}")
-        return self.engine.settings(**s.overrides(), batch_size=c.max_batch)
+        return self.engine.settings(**s.overrides(), batch_size=c.engine.batch_size)
 
     def _seeds(self, req: ScoreIn) -> list[int]:
         n = req.seed_count()
@@ -125,62 +127,65 @@ class Service:
         return req.seed_list()
 
     # --- use cases -----------------------------------------------------------------------------------------
-    async def score(self, req: ScoreIn, client_gone=None) -> ScoreOut:
-        seeds, s = self._seeds(req), self.settings(req.settings)
-        scores = await self.batcher.score(req.prompt, seeds, s, negative_prompt=req.negative_prompt,
-                                          timeout=self.config.request_timeout_s, client_gone=client_gone)  # fmt: skip
-        return ScoreOut(seeds=seeds, scores=_floats(scores))
+    async def _scores(self, req: ScoreIn, seeds: list[int], s, client_gone) -> torch.Tensor:
+        return await self.batcher.score(req.prompt, seeds, s, negative_prompt=req.negative_prompt,
+                                        timeout=self.config.request_timeout_s, client_gone=client_gone)  # fmt: skip
 
-    async def select(self, req: ScoreIn, client_gone=None) -> SelectOut:
-        seeds, s = self._seeds(req), self.settings(req.settings)
+    async def score(self, req: ScoreIn, client_gone=None) -> dict:
+        from noisefast.workflows import ScoreReport
+
+        seeds, s, t = self._seeds(req), self.settings(req.settings), time.perf_counter()
+        scores = await self._scores(req, seeds, s, client_gone)
+        return ScoreReport.from_scores(req.prompt, seeds, scores, time.perf_counter() - t).as_dict()
+
+    async def select(self, req: ScoreIn, client_gone=None) -> dict:
+        from noisefast.selection import Selection
+        from noisefast.workflows import SelectReport
+
+        seeds, s, t = self._seeds(req), self.settings(req.settings), time.perf_counter()
         scores, source = None, "computed"
         if self.bank is not None and req.negative_prompt is None:
             scores, source = self.bank.lookup(req.prompt, seeds, s), "bank"
             if scores is None and self.config.bank_any_prompt:
                 scores, source = self.bank.lookup_any(seeds, s), "bank-any-prompt"
         if scores is None:
-            scores, source = await self.batcher.score(req.prompt, seeds, s, negative_prompt=req.negative_prompt,
-                                                      timeout=self.config.request_timeout_s,
-                                                      client_gone=client_gone), "computed"  # fmt: skip
-        # exactly `noisefast.selection._selection`'s order: descending, stable, NaN last
-        order = torch.sort(scores.nan_to_num(nan=-torch.inf), descending=True, stable=True).indices.tolist()
-        sorted_seeds, sorted_scores = [seeds[i] for i in order], _floats(scores[order])
-        return SelectOut(best_seed=sorted_seeds[0], best_score=sorted_scores[0], worst_seed=sorted_seeds[-1],
-                         worst_score=sorted_scores[-1], seeds=sorted_seeds, scores=sorted_scores, source=source)  # fmt: skip
+            scores, source = await self._scores(req, seeds, s, client_gone), "computed"
+        sel = Selection.rank(seeds, scores)
+        return SelectReport(req.prompt, sel, seeds, time.perf_counter() - t).as_dict() | {"source": source}
 
-    async def optimize(self, req: OptimizeIn, client_gone=None) -> OptimizeOut:
+    async def optimize(self, req: OptimizeIn, client_gone=None) -> dict:
+        from noisefast.workflows import optimize_seeds
+
         if req.iterations > self.config.max_iterations:
             raise FieldLimit(("body", "iterations"),
                              f"iterations={req.iterations} is over this server's limit of {self.config.max_iterations}")  # fmt: skip
         s = self.settings(req.settings)
 
         def run(cancelled):
-            return self.engine.optimize(req.prompt, [req.seed], negative_prompt=req.negative_prompt,
-                                        iterations=req.iterations, lr=req.lr, momentum=req.momentum, target=req.target,
-                                        renorm=req.renorm, settings=s,
-                                        callback=lambda state: False if cancelled() else None)  # fmt: skip
+            return optimize_seeds(self.engine, req.prompt, [req.seed], settings=s, negative_prompt=req.negative_prompt,
+                                  images=False, cancelled=cancelled, iterations=req.iterations, lr=req.lr,
+                                  momentum=req.momentum, target=req.target, renorm=req.renorm)  # fmt: skip
 
-        opt = await self.batcher.run(run, timeout=self.config.request_timeout_s, client_gone=client_gone)
-        curve = _floats(opt.history[:, 0])
-        best = max((v for v in curve if v is not None), default=None)
-        return OptimizeOut(seed=req.seed, initial_stability=curve[0] if curve else None,
-                           final_stability=curve[-1] if curve else None, best_stability=best, curve=curve,
-                           steps_run=opt.steps_run, stop_reason=opt.result.stop_reason,
-                           noise=base64.b64encode(opt.noise_bytes()).decode("ascii"))  # fmt: skip
+        report = await self.batcher.run(run, timeout=self.config.request_timeout_s, client_gone=client_gone)
+        noise = base64.b64encode(report.optimization.noise_bytes()).decode("ascii")
+        return report.as_dict() | {"noise": noise, "noise_format": "safetensors+base64"}
 
-    async def generate(self, req: GenerateIn, client_gone=None) -> tuple[GenerateOut, bytes]:
+    async def generate(self, req: GenerateIn, client_gone=None) -> tuple[dict, bytes]:
+        from noisefast.workflows import generate_seeds
+
         s = self.settings(req.settings)
-        noise = None if req.noise is None else decode_noise(req.noise)
+        latents = None if req.noise is None else decode_noise(req.noise)
 
         def run(cancelled):
-            gen = self.engine.generate(req.prompt, None if noise is not None else [req.seed], noise=noise,
-                                       negative_prompt=req.negative_prompt, settings=s)  # fmt: skip
+            report = generate_seeds(self.engine, req.prompt, None if latents is not None else [req.seed],
+                                    latents=latents, settings=s, negative_prompt=req.negative_prompt)  # fmt: skip
             buf = io.BytesIO()
-            gen.images[0].save(buf, format="PNG")
-            return buf.getvalue()
+            report.images[0].save(buf, format="PNG")
+            return report, buf.getvalue()
 
-        png = await self.batcher.run(run, timeout=self.config.request_timeout_s, client_gone=client_gone)
-        out = GenerateOut(seed=req.seed, width=s.width, height=s.height, image=base64.b64encode(png).decode("ascii"))
+        report, png = await self.batcher.run(run, timeout=self.config.request_timeout_s, client_gone=client_gone)
+        out = report.as_dict() | {"width": s.width, "height": s.height, "image": base64.b64encode(png).decode("ascii"),
+                                  "format": "png"}  # fmt: skip
         return out, png
 
 
@@ -207,10 +212,6 @@ def decode_noise(text: str) -> torch.Tensor:
     if t.numel() > 64 * 1024 * 1024:
         raise LimitError("noise is too large")
     return t.float()
-
-
-def _floats(t: torch.Tensor) -> list[float | None]:
-    return [v if math.isfinite(v) else None for v in t.tolist()]
 
 
 __all__ = ["FieldLimit", "ServeConfig", "Service", "decode_noise"]
