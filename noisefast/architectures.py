@@ -103,7 +103,7 @@ class FlowArchitecture:
 
     def size_multiple(self) -> tuple[int, str]:
         m = self.spatial_factor * self.patch
-        what = "takes 2×2 latent patches" if self.kind == "sd3" else "packs 2×2 latent patches"
+        what = f"takes {self.patch}×{self.patch} latent patches" if self.kind == "sd3" else "packs 2×2 latent patches"
         f = self.spatial_factor
         return m, f"the VAE maps {f}×{f} pixels to one latent and the transformer {what}"
 
