@@ -138,3 +138,16 @@ def test_gpu_scoring_records_skips_and_writes_as_it_goes(tmp_path):
                                                                   "noisefast_fast": 2.5}}]
     h = gpu_scoring.headline(rows)["turbo"]
     assert (h["noisefast"]["way"], h["strongest_baseline"]["way"], h["ratio"]) == ("noisefast_fast", "diffusers_batched", 3.0)
+
+
+def test_bench_flow_runs_and_its_baseline_agrees(tmp_path):
+    """bench/bench_flow.py on one tiny FLUX.1-schnell pipeline: both ways run, the hand-written stock-pipeline
+    inversion scores like noisefast (its own tolerance), the markdown and JSON are written."""
+    from bench import bench_flow
+
+    res = bench_flow.run(seeds=2, steps=1, size=32, repeats=1, families=("flux-schnell",))
+    r = res["families"]["flux-schnell"]
+    assert r["scores_agree"] and set(r["noises_per_second"]) == {"noisefast", "diffusers_batched"}
+    common.write_json(tmp_path / "f.json", res)
+    assert json.loads((tmp_path / "f.json").read_text())["settings"]["seeds"] == 2
+    assert "| flux-schnell |" in bench_flow.markdown(res)
