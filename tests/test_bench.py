@@ -247,3 +247,62 @@ def test_screen_on_ray(tmp_path):
     rc, r, _ = bench(tmp_path, "screen", "--quick", "--prompts", "2", "--seeds", "0:4", "--steps", "1",
                      "--inversion-steps", "1", "--ray")  # fmt: skip
     assert rc == 0 and "ray" in r["results"]["variants"] and "ray_overhead_pct_wall" in r["results"]
+
+
+@pytest.mark.parametrize("g, gi", [(0.0, 0.0), (5.0, 0.5)])
+def test_unet_loop_user_follows_noisefast_guidance_rule(tiny_denoiser, g, gi):
+    """The users' inversion mixes ``m_u + w·(m_c − m_u)`` as noisefast does (0: the unconditional half alone; 0.5: a
+    mix); denoising guides only above 1 (the pipeline's rule). Same scores as `stability_score`, trailing spacing."""
+    from noisefast.bench.scoring import score_tolerance
+    from noisefast.bench.users import Embeds, unet_loop_scores
+    from noisefast.schedule import DDIMSchedule
+    from noisefast.seeds import noise_from_seeds
+    from noisefast.stability import stability_score
+    from noisefast.testing import SDXL_SCHEDULER_CONFIG, tiny_condition
+
+    config = {**SDXL_SCHEDULER_CONFIG, "timestep_spacing": "trailing"}
+    cond = tiny_condition()
+    ours = stability_score(tiny_denoiser, DDIMSchedule.from_config(config, 2, 2), noise_from_seeds([3, 1], (4, 8, 8)),
+                           cond, g, gi)  # fmt: skip
+    theirs = unet_loop_scores(tiny_denoiser.unet, config, [3, 1], Embeds.from_condition(cond), shape=(4, 8, 8), steps=2,
+                              inversion_steps=2, guidance=g, inversion_guidance=gi, batch=2)  # fmt: skip
+    assert (ours - theirs).abs().max() <= score_tolerance(ours.dtype, 4)
+
+
+def test_a_failing_part_is_recorded_and_the_others_run(tmp_path, monkeypatch):
+    from noisefast.bench import kernels
+
+    def broken(shape, dtype, device):
+        raise RuntimeError("this op broke")
+
+    monkeypatch.setitem(kernels.CASES, "cosine", (2, broken, broken))
+    rc, r, md = bench(tmp_path, "kernels", "--shape", "2x4x8x8", "--shape", "1x4x8x8", "--cases", "ddim_cfg,cosine",
+                      "--rounds", "1", "--warmup", "0")  # fmt: skip
+    assert rc == 1 and set(r["errors"]) == {"kernels cpu float32 2×4×8×8", "kernels cpu float32 1×4×8×8"}
+    assert "RuntimeError: this op broke" in r["errors"]["kernels cpu float32 2×4×8×8"] and "**failed parts**" in md
+    assert [x["case"] for x in r["results"]["rows"]] == ["ddim_cfg", "ddim_cfg"]  # measured before each failure
+    rc = main(["bench", "show", str(tmp_path / "r.json"), "--md", str(tmp_path / "again.md")])
+    assert rc == 0 and (tmp_path / "again.md").read_text() == md
+
+
+@pytest.mark.parametrize("sub", ["scoring", "optimize", "unet", "screen"])
+def test_every_engine_flag_reaches_the_bench_engine(sub, monkeypatch, tmp_path):
+    """``noisefast bench`` builds its Engine from the same `EngineConfig` as every other door (tests/test_config.py)."""
+    from test_config import FLAGS
+
+    from noisefast.config import EngineConfig
+    from noisefast.pipeline import Engine
+
+    seen = []
+
+    def capture(cls, config):
+        seen.append(config)
+        raise KeyboardInterrupt  # stop before loading anything (exit 130: nothing was measured)
+
+    monkeypatch.setattr(Engine, "from_config", classmethod(capture))
+    monkeypatch.chdir(tmp_path)  # the interrupted runs still write their (empty) results: default names, here
+    for flag, expected in FLAGS:
+        seen.clear()
+        assert main(["bench", sub, "--model", "builtin:digits", *flag]) == 130
+        assert seen == [EngineConfig(**{"model": "builtin:digits", **expected})], flag
+    assert len(list(tmp_path.glob("noisefast-bench-*.json"))) == len(list(tmp_path.glob("*.md"))) == len(FLAGS)

@@ -35,11 +35,10 @@ def _settings_flags(args) -> dict:
 
 def _given_engine_flags(args) -> list[str]:
     """The engine options given on the command line (those not at `EngineConfig.add_cli_args`' defaults)."""
-    from noisefast.cli.bench import ENGINE_DESTS
-
     p = argparse.ArgumentParser()
     EngineConfig.add_cli_args(p)
-    return [d for d in ENGINE_DESTS if getattr(args, d, None) != p.get_default(d)]
+    dests = [a.dest for a in p._actions if a.dest != "help"]
+    return [d for d in dests if getattr(args, d, None) != p.get_default(d)]
 
 
 def _config(args) -> EngineConfig:
@@ -84,9 +83,14 @@ def _finish(run: schema.Run, args) -> int:
 
     result = run.finish()
     md = render(result)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    json_path = args.json or (f"noisefast-bench-{result['subcommand']}-{stamp}.json" if not args.md else None)
-    md_path = args.md or (str(Path(json_path).with_suffix(".md")) if json_path else None)
+    json_path, md_path = args.json, args.md
+    if json_path is None and md_path is None:  # neither asked for: both, named by subcommand and time
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+        json_path, n = f"noisefast-bench-{result['subcommand']}-{stamp}.json", 1
+        while Path(json_path).exists():  # two runs within a second
+            n += 1
+            json_path = f"noisefast-bench-{result['subcommand']}-{stamp}-{n}.json"
+        md_path = str(Path(json_path).with_suffix(".md"))
     schema.write(result, json_path, md_path, md)
     print(md, end="")
     print(f"noisefast bench: wrote {', '.join(p for p in (json_path, md_path) if p)}", file=sys.stderr)
@@ -152,16 +156,14 @@ def scoring(args, workdir) -> schema.Run:
     from noisefast.loading import resolve_device
 
     run = _run("scoring", args, resolve_device(config.device), options, rounds, 1)
+    if args.matrix:  # each configuration opens its own engine
+        run_matrix(run, config, variants, prompt=args.prompt or "a red fox in the snow", users=users,
+                   through=args.through or ["unet"], rounds=rounds, budget_s=args.budget_s, workdir=workdir,
+                   settings_overrides=flags, on_engine=lambda e, c: _set_engine(run, e, c))  # fmt: skip
+        return run
     engine = open_engine(config, workdir)
     _set_engine(run, engine, config)
     prompt = _prompt(args, engine)
-    if args.matrix:
-        if engine.kind == "pixel":
-            raise InputError("--matrix measures SDXL-architecture models (512² and 1024² settings)")
-        del engine  # each configuration opens its own
-        run_matrix(run, config, variants, prompt=prompt, users=users, through=args.through or ["unet"],
-                   rounds=rounds, budget_s=args.budget_s, workdir=workdir, settings_overrides=flags)  # fmt: skip
-        return run
     plain = plain_model(engine, config, workdir)
     through = args.through or [t for t in THROUGH if t != "pipeline" or plain.pipe is not None]
     if "pipeline" in through and plain.pipe is None:
@@ -320,9 +322,20 @@ def compare(args) -> int:
     return EXIT_REGRESSION if args.check and c["regressions"] else 0
 
 
+def show(args) -> int:
+    from noisefast.bench.tables import render
+
+    md = render(schema.load(args.result))
+    schema.write({}, None, args.md, md)
+    print(md, end="")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     if args.bench == "compare":
         return compare(args)
+    if args.bench == "show":
+        return show(args)
     _CURRENT.clear()
     with tempfile.TemporaryDirectory(prefix="noisefast-bench-") as workdir:
         runner = {"kernels": lambda: kernels(args), "scoring": lambda: scoring(args, workdir),

@@ -1,5 +1,5 @@
 """Results of the scripts ``noisefast bench`` replaced (``python -m bench.compare``, ``"benchmark":
-"noisefast.compare"``, e.g. ``bench/results/cpu-2026-12-04-quiet.json``), read into the current schema so that
+"noisefast.compare"``, e.g. ``bench/results/cpu-2026-12-04-quiet.json``), read into the current schema (`noisefast.bench.schema.load` adds its version) so that
 ``noisefast bench compare OLD.json NEW.json`` lays them beside a new run.
 
 Those files kept summaries, not samples (``samples`` is then empty), timed in milliseconds (converted to seconds)
@@ -12,7 +12,6 @@ rows to ``unet <backend> · <px>² batch <b>``.
 
 from __future__ import annotations
 
-from noisefast.bench.schema import SCHEMA
 from noisefast.bench.ways import way_name
 from noisefast.errors import InputError
 
@@ -66,7 +65,7 @@ def convert(old: dict, where: str) -> dict:
     parts = settings.get("parts", [])
     la = m.get("load_average_1m")
     return {
-        "schema": SCHEMA, "subcommand": next((p for p in parts if p != "kernels"), "kernels"),
+        "subcommand": next((p for p in parts if p != "kernels"), "kernels"),
         "command": old.get("command", "?"), "started": m["date"], "finished": None, "wall_s": None,
         "machine": {"host": m.get("host"), "platform": m.get("platform"), "cpu": m.get("cpu"),
                     "cores": m.get("cpu_count"), "torch_threads": m.get("torch_threads"), "gpu": m.get("gpu")},

@@ -21,6 +21,7 @@ import torch
 
 from noisefast.bench.models import ARCH_SETTINGS, arch_of, open_engine, plain_model, variant_engine
 from noisefast.bench.scoring import measure
+from noisefast.errors import InputError
 
 CONFIGS = {"turbo": "sdxl-turbo", "sdxl": "sdxl"}  # configuration → the architecture (schedule) and its settings
 ORDER = [("turbo", 8), ("turbo", 32), ("turbo", 1), ("sdxl", 8), ("sdxl", 1), ("sdxl", 32)]
@@ -35,8 +36,9 @@ def seeds_for(config: str, batch: int, dry: bool) -> int:
 
 
 def run_matrix(run, config, variants: dict, *, prompt: str, users, through, rounds: int, budget_s: float,
-               workdir, settings_overrides: dict) -> None:
-    """Measures the rows of `ORDER` into ``run``; ``run.results["rows"]`` (measured or skipped) and ``headline``."""
+               workdir, settings_overrides: dict, on_engine=None) -> None:
+    """Measures the rows of `ORDER` into ``run``; ``run.results["rows"]`` (measured or skipped) and ``headline``.
+    ``on_engine(engine, config)`` is told about each configuration's engine as it opens (the result records it)."""
     arch = arch_of(config)
     dry = arch == "tiny"
     deadline = time.perf_counter() + budget_s
@@ -59,6 +61,11 @@ def run_matrix(run, config, variants: dict, *, prompt: str, users, through, roun
                     torch.cuda.empty_cache()
                 cfg = config if arch in (None, "tiny") else config.replace(model="arch:" + CONFIGS[name])
                 engine = open_engine(cfg, workdir)
+                if engine.kind == "pixel":
+                    raise InputError(f"--matrix measures SDXL-architecture models (512² and 1024² settings), not "
+                                     f"{cfg.model}")  # fmt: skip
+                if on_engine is not None:
+                    on_engine(engine, cfg)
                 loaded[name] = (engine, plain_model(engine, cfg, workdir),
                                 {v: variant_engine(engine, cfg, vc.replace(model=cfg.model), workdir)
                                  for v, vc in variants.items()})  # fmt: skip

@@ -164,7 +164,7 @@ def load(path: str | os.PathLike) -> dict:
     if isinstance(data, dict) and "schema" not in data:
         from noisefast.bench.legacy import convert
 
-        data = convert(data, str(path))
+        data = {"schema": SCHEMA, **convert(data, str(path))}
     return validate(data)
 
 

@@ -7,6 +7,7 @@
     noisefast bench serve [--url http://127.0.0.1:8000]                      closed-loop load on a server
     noisefast bench screen [--ray]                                           screening rows/s
     noisefast bench compare A.json B.json                                    two runs side by side
+    noisefast bench show RESULT.json                                         a saved result's Markdown again
 
 Every measuring subcommand takes the engine options every other door takes (one `EngineConfig`; ``--model`` default:
 a built-in random-weight architecture, ``arch:tiny`` on a CPU, ``arch:sdxl-turbo`` on CUDA — `noisefast.bench.models`),
@@ -22,10 +23,6 @@ import argparse
 
 from noisefast.cli.args import Command, add_model_arguments, float_in, int_in, parse_seeds, positive_int
 from noisefast.params import SETTINGS
-
-ENGINE_DESTS = ("model", "device", "dtype", "backend", "batch_size", "threads", "variant", "family", "strict", "fast",
-                "channels_last", "attention", "fuse_qkv", "cuda_graph", "pinned")  # fmt: skip
-
 
 def int_list(text: str) -> list[int]:
     """``"1,8,32"`` → [1, 8, 32] (positive integers)."""
@@ -60,8 +57,9 @@ def shape(text: str) -> tuple[int, ...]:
 
 def _common(p: argparse.ArgumentParser, *, rounds: str) -> None:
     g = p.add_argument_group("output and timing")
-    g.add_argument("--json", metavar="FILE", help="write the result here (default: noisefast-bench-SUB-DATE.json)")
-    g.add_argument("--md", metavar="FILE", help="write the Markdown here (default: beside --json, .md)")
+    g.add_argument("--json", metavar="FILE", help="write the result here (default, when neither --json nor --md is "
+                   "given: noisefast-bench-SUBCOMMAND-DATE.json and .md in this folder; the Markdown is printed always)")
+    g.add_argument("--md", metavar="FILE", help="write the Markdown here")
     g.add_argument("--quick", action="store_true", help="small sizes and few rounds (seconds on a CPU); flags win")
     g.add_argument("--rounds", type=int_in(1, 100_000), help=f"timed rounds per variant, alternated ({rounds})")
     g.add_argument("--busy-load", type=float_in(0, 10_000), metavar="LOAD",
@@ -181,6 +179,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--json", metavar="FILE", help="write the comparison as JSON")
     m.add_argument("--md", metavar="FILE", help="write the Markdown")
     m.add_argument("--check", action="store_true", help="exit status 3 when a regression is found")
+
+    w = sub.add_parser("show", help="print (and --md: write) the Markdown of a saved result")
+    w.add_argument("result", metavar="RESULT.json")
+    w.add_argument("--md", metavar="FILE", help="write the Markdown here")
 
 
 def run(args: argparse.Namespace) -> int:
