@@ -107,7 +107,7 @@ def test_compare_names_a_regression_and_not_noise(tmp_path, capsys):
     b = synthetic({"noisefast": [1.50, 1.51, 1.52], "baseline": [1.0, 1.01, 1.02], "noisy": [1.2, 1.7, 2.2],
                    "new": [1.0]})  # fmt: skip
     c = compare(a, b)
-    assert c["regressions"] == ["g · noisefast"] and c["improvements"] == ["g · baseline"]
+    assert c["regressions"] == ["g · noisefast"] and c["improvements"] == ["g · baseline"] and c["speedups"] == []
     verdicts = {r["key"]: r["verdict"] for r in c["rows"]}
     assert verdicts == {"g · noisefast": "regression", "g · baseline": "improvement", "g · noisy": "unchanged",
                         "g · new": "only in B", "g · gone": "only in A"}  # fmt: skip
@@ -120,6 +120,15 @@ def test_compare_names_a_regression_and_not_noise(tmp_path, capsys):
     assert main(["bench", "compare", str(tmp_path / "a.json"), str(tmp_path / "a.json"), "--check"]) == 0
     out = capsys.readouterr().out
     assert "**Regressions:**" in out and "- g · noisefast: +50.0% (slower" in out and "No regression." in out
+    # a machine twice as busy slows both members of a pair alike: absolute regressions, the speed-up unchanged
+    a = synthetic({"noisefast": [1.00, 1.01, 1.02], "diffusers batched": [3.0, 3.03, 3.06]})
+    b = synthetic({"noisefast": [2.00, 2.02, 2.04], "diffusers batched": [6.0, 6.06, 6.12]})
+    c = compare(a, b)
+    (up,) = c["speedups"]
+    assert up["key"] == "speed-up: g · noisefast vs diffusers batched" and up["verdict"] == "unchanged"
+    assert up["a"] == pytest.approx(3.0) and sorted(c["regressions"]) == ["g · diffusers batched", "g · noisefast"]
+    b = synthetic({"noisefast": [2.00, 2.02, 2.04], "diffusers batched": [3.0, 3.03, 3.06]})
+    assert "speed-up: g · noisefast vs diffusers batched" in compare(a, b)["regressions"]
 
 
 def test_legacy_compare_file_reads_into_the_schema():

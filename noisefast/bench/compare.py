@@ -53,10 +53,47 @@ def compare(a: dict, b: dict, *, threshold_pct: float = DEFAULT_THRESHOLD_PCT) -
                "change_pct": 100 * (ratio - 1), "noise_pct": noise, "verdict": verdict}  # fmt: skip
         rows.append(row)
         (regressions if verdict == "regression" else improvements if verdict == "improvement" else []).append(row)
+    ups = speedups(ma, mb, stat, threshold_pct)
+    regressions += [r for r in ups if r["verdict"] == "regression"]
+    improvements += [r for r in ups if r["verdict"] == "improvement"]
     return {"a": a["command"], "b": b["command"], "statistic": stat, "threshold_pct": threshold_pct, "rows": rows,
-            "regressions": [r["key"] for r in regressions], "improvements": [r["key"] for r in improvements],
+            "speedups": ups, "regressions": [r["key"] for r in regressions],
+            "improvements": [r["key"] for r in improvements],
             "differences": differences(a, b), "warnings": [f"A: {w}" for w in a["warnings"]]
             + [f"B: {w}" for w in b["warnings"]]}  # fmt: skip
+
+
+def _pairs(ms: dict) -> dict[str, tuple[str, str]]:
+    """Speed-ups within one run, label → (reference key, noisefast's key): each diffusers way over noisefast, each
+    kernel's eager over fused, plain autograd over checkpointing (what checkpointing costs; higher is better)."""
+    out = {}
+    for k, m in ms.items():
+        g, n = m["group"], m["name"]
+        if n.startswith("diffusers") and f"{g} · noisefast" in ms:
+            out[f"speed-up: {g} · noisefast vs {n}"] = (k, f"{g} · noisefast")
+        elif n.endswith(" eager") and f"{g} · {n[:-6]} fused" in ms:
+            out[f"speed-up: {g} · {n[:-6]} fused vs eager"] = (k, f"{g} · {n[:-6]} fused")
+        elif n == "plain" and f"{g} · checkpoint" in ms:
+            out[f"speed-up: {g} · checkpoint vs plain"] = (k, f"{g} · checkpoint")
+    return out
+
+
+def speedups(ma: dict, mb: dict, stat: str, threshold_pct: float) -> list[dict]:
+    """The within-run speed-ups of both runs side by side: robust to a machine's load, which slows the two members of
+    a pair alike (they ran in the same alternated rounds). Changed when beyond max(threshold, either run's spread of
+    the pair: the two members' spreads added)."""
+    pa, pb = _pairs(ma), _pairs(mb)
+    rows = []
+    for label in [p for p in pb if p in pa]:
+        (ra, oa), (rb, ob) = pa[label], pb[label]
+        sa = _value(ma[ra], stat) / _value(ma[oa], stat)
+        sb = _value(mb[rb], stat) / _value(mb[ob], stat)
+        noise = max(threshold_pct, _spread(ma[ra]) + _spread(ma[oa]), _spread(mb[rb]) + _spread(mb[ob]))
+        change = 100 * (sb / sa - 1)
+        verdict = "unchanged" if abs(change) <= noise else "regression" if change < 0 else "improvement"
+        rows.append({"key": label, "a": sa, "b": sb, "change_pct": change, "noise_pct": noise, "verdict": verdict,
+                     "better": "higher"})  # fmt: skip
+    return rows
 
 
 def _flat(d, prefix=""):
@@ -113,7 +150,14 @@ def markdown(c: dict) -> str:
              f"value: {'best of N' if c['statistic'] == 'min' else 'median'} per item; changed when |B/A − 1| exceeds "
              f"max({c['threshold_pct']:g}%, either run's interquartile spread)", "",
              md_table(["measurement", "A", "B", "B/A", "change", "verdict"], rows, "lrrrrl")]  # fmt: skip
-    by_key = {r["key"]: r for r in c["rows"]}
+    if c["speedups"]:
+        ups = [[r["key"].removeprefix("speed-up: "), f"{r['a']:.2f}×", f"{r['b']:.2f}×",
+                f"{r['change_pct']:+.1f}% (noise ±{r['noise_pct']:.0f}%)",
+                f"**{r['verdict']}**" if r["verdict"] == "regression" else r["verdict"]] for r in c["speedups"]]
+        lines += ["", "Speed-ups within each run (the pair ran in the same alternated rounds, so the machine's load "
+                  "slows both alike: compare these across machines and loads):", "",
+                  md_table(["pair", "A", "B", "change", "verdict"], ups, "lrrrl")]  # fmt: skip
+    by_key = {r["key"]: r for r in c["rows"] + c["speedups"]}
     if c["regressions"]:
         lines += ["", "**Regressions:**", ""]
         lines += [f"- {k}: {by_key[k]['change_pct']:+.1f}% "
