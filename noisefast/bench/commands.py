@@ -146,7 +146,7 @@ def scoring(args, workdir) -> schema.Run:
 
     config = _config(args)
     arch = arch_of(config)
-    users = args.users or (["per-seed", "batched"] if args.quick else list(USERS))
+    users = args.users or (["per-seed", "batched"] if args.quick or args.matrix else list(USERS))
     variants = variant_configs(config, args.variants or (["fast"] if args.matrix else []))
     rounds = _pick(args.rounds, args.quick, 2, 3)
     flags = _settings_flags(args)
@@ -212,10 +212,8 @@ def optimize(args, workdir) -> schema.Run:
 
 
 def unet(args, workdir) -> schema.Run:
-    import torch
-
     from noisefast.bench import unet as un
-    from noisefast.bench.models import arch_of, open_engine, variant_engine
+    from noisefast.bench.models import arch_of, open_engine, unet_dtype, variant_engine
 
     config = _config(args)
     arch = arch_of(config)
@@ -239,8 +237,8 @@ def unet(args, workdir) -> schema.Run:
     dens = {b: engine.den if b == config.backend else variant_engine(engine, config, config.replace(backend=b),
                                                                      workdir).den for b in backends}  # fmt: skip
     with run.part("matmul peak"):
-        dtype = torch.float16 if cuda and engine.dtype == torch.float32 else engine.dtype
-        run.results["matmul_peak"] = un.matmul_peak(run, device, dtype, n, 20 if cuda else (5 if args.quick else 10))
+        run.results["matmul_peak"] = un.matmul_peak(run, device, unet_dtype(engine), n,
+                                                    20 if cuda else (5 if args.quick else 10))  # fmt: skip
     if "matmul_peak" not in run.results:
         return run
     s = engine.settings()

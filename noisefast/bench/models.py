@@ -173,6 +173,12 @@ def engine_record(engine, config: EngineConfig) -> dict:
     return d
 
 
+def unet_dtype(engine) -> torch.dtype:
+    """The dtype an Engine's UNet computes in (the fast path's, when it sets one)."""
+    fp = engine.fast_path
+    return fp.torch_dtype if fp is not None and fp.dtype is not None else engine.dtype
+
+
 def rewrites_unet(config: EngineConfig) -> bool:
     """Whether an Engine of ``config`` changes its UNet in place (the fast path's dtype/layout/attention)."""
     fp = config.fast_path

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from noisefast.bench.models import unet_dtype
 from noisefast.bench.stats import headline
 from noisefast.bench.timing import time_round_robin
 from noisefast.bench.ways import variant_name, way_name
@@ -34,12 +35,6 @@ def score_tolerance(dtype: torch.dtype, unet_calls: int) -> float:
     error of its argument. fp32: 1.9e-6 per call; fp16: 1.6e-2 per call.
     """
     return SCORE_ULPS_PER_CALL * torch.finfo(dtype).eps * max(int(unet_calls), 1)
-
-
-def unet_dtype(engine) -> torch.dtype:
-    """The dtype an Engine's UNet computes in (the fast path's, when it sets one)."""
-    fp = engine.fast_path
-    return fp.torch_dtype if fp is not None and fp.dtype is not None else engine.dtype
 
 
 def diffusers_ways(model, prompt: str, seeds: list[int], s, batch: int, users, through) -> dict:

@@ -108,7 +108,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--seeds", type=parse_seeds, metavar="SPEC", help="seeds scored per run (default: 0:8; --quick 0:4, 1+1 steps)")
     s.add_argument("--users", type=name_list(("per-seed", "batched", "compiled")),
                    help="diffusers users to time: per-seed, batched, compiled (= batched + torch.compile; minutes of "
-                        "compilation on a CPU) (default: all; --quick: per-seed,batched)")  # fmt: skip
+                        "compilation on a CPU) (default: all; --quick and --matrix: per-seed,batched)")  # fmt: skip
     s.add_argument("--through", type=name_list(("pipeline", "unet")),
                    help="the users call the stock pipeline and/or loop around the UNet alone (default: both where the "
                         "model has a diffusers pipeline, else unet)")  # fmt: skip
