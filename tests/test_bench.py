@@ -315,3 +315,23 @@ def test_every_engine_flag_reaches_the_bench_engine(sub, monkeypatch, tmp_path):
         assert main(["bench", sub, "--model", "builtin:digits", *flag]) == 130
         assert seen == [EngineConfig(**{"model": "builtin:digits", **expected})], flag
     assert len(list(tmp_path.glob("noisefast-bench-*.json"))) == len(list(tmp_path.glob("*.md"))) == len(FLAGS)
+
+
+def test_full_size_architecture_wiring(monkeypatch, tmp_path):
+    """arch:sdxl-turbo's pipeline (the SDXL UNet config — shrunk here to CPU size, same cross-attention and added-
+    condition widths — with text encoders of SDXL's widths and SDXL's Euler scheduler config, trailing): the Engine
+    and every diffusers user score the same."""
+    from noisefast.bench import models
+    from noisefast.bench.scoring import diffusers_ways, score_tolerance
+    from noisefast.config import EngineConfig
+
+    small = dict(models.sdxl_unet_config(), block_out_channels=[32, 64, 64], transformer_layers_per_block=[0, 1, 1],
+                 attention_head_dim=[2, 4, 4], norm_num_groups=8, layers_per_block=1, sample_size=16)  # fmt: skip
+    monkeypatch.setattr(models, "sdxl_unet_config", lambda: small)
+    engine = models.open_engine(EngineConfig(model="arch:sdxl-turbo", threads=1), tmp_path)
+    assert engine.describe()["family"] == "sdxl-turbo" and engine.model.pipe.scheduler.config.timestep_spacing == "trailing"
+    assert models.engine_record(engine, EngineConfig(model="arch:sdxl-turbo"))["model"] == "arch:sdxl-turbo"
+    s = engine.settings(height=64, width=64)
+    ours = engine.score("a fox", [0, 1], settings=s).double()
+    for name, way in diffusers_ways(engine.model, "a fox", [0, 1], s, 2, ["batched"], ["pipeline", "unet"]).items():
+        assert (way().double() - ours).abs().max() <= score_tolerance(engine.dtype, 2), name

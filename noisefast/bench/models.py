@@ -126,9 +126,9 @@ def full_size_pipeline(device, dtype: torch.dtype, *, turbo: bool, workdir, seed
     vae = AutoencoderKL(**{**TINY_VAE_CONFIG, "sample_size": 8 * config["sample_size"]}).eval()
     tok = tiny_clip_tokenizer(Path(workdir) / "vocab")
     sched = {**SDXL_EULER_SCHEDULER_CONFIG, "timestep_spacing": "trailing" if turbo else "leading"}
-    sched.pop("_class_name")
     pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok, tokenizer_2=tok,
-                                     unet=unet, scheduler=EulerDiscreteScheduler(**sched), add_watermarker=False)
+                                     unet=unet, scheduler=EulerDiscreteScheduler.from_config(sched),
+                                     add_watermarker=False)  # fmt: skip
     pipe.to(device=device, dtype=dtype)
     for m in (te1, te2, vae):
         m.requires_grad_(False)

@@ -44,6 +44,8 @@ def header(r: dict) -> list[str]:
     m, v, t = r["machine"], r["versions"], r["timing"]
     gpu = (m.get("gpu") or {}).get("name")
     where = gpu if t["device"].startswith("cuda") and gpu else f"{m['cpu']} ({m['torch_threads']} torch threads)"
+    if r["subcommand"] == "serve":  # the engine runs in the server; this machine ran the clients
+        where = f"{r['results'].get('url', 'a server')} (clients on {m['cpu']})"
     loads = r["load"].get("samples") or []
     load = " → ".join(f"{s['load_1m']:.2f}" for s in (loads[:1] + loads[-1:] if len(loads) > 1 else loads))
     out = [f"## noisefast bench {r['subcommand']} on {where}", "",
