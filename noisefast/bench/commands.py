@@ -147,7 +147,10 @@ def scoring(args, workdir) -> schema.Run:
     config = _config(args)
     arch = arch_of(config)
     users = args.users or (["per-seed", "batched"] if args.quick or args.matrix else list(USERS))
-    variants = variant_configs(config, args.variants or (["fast"] if args.matrix else []))
+    # default rows beside the engine measured: the fast path in the GPU matrix; eager torch where the engine runs
+    # another backend (e.g. auto), so its gain over the plain forward is in the same rounds
+    default = ["fast"] if args.matrix else ["torch"] if config.backend != "torch" else []
+    variants = variant_configs(config, args.variants or default)
     rounds = _pick(args.rounds, args.quick, 2, 3)
     flags = _settings_flags(args)
     options = {"model": config.model, "users": users, "through": args.through, "variants": list(variants),
@@ -178,6 +181,7 @@ def scoring(args, workdir) -> schema.Run:
     res = sc.measure(run, engine, plain, var, prompt=prompt, seeds=seeds, s=s, users=users, through=through,
                      rounds=rounds)  # fmt: skip
     run.results.update(res or {})
+    _set_engine(run, engine, config)  # again: what the warm-up decided (e.g. an automatic backend's choices)
     return run
 
 
@@ -208,6 +212,7 @@ def optimize(args, workdir) -> schema.Run:
     run.result["options"] |= {"prompt": _prompt(args, engine), "seeds": seeds, "settings": s.as_dict()}
     op.measure(run, engine, prompt=_prompt(args, engine), seeds=seeds, s=s, steps_list=steps, warmup=args.warmup,
                iters=iters, repeats=repeats, extras=extras)  # fmt: skip
+    _set_engine(run, engine, config)
     return run
 
 
@@ -246,6 +251,7 @@ def unet(args, workdir) -> schema.Run:
     with run.part("UNet calls"):
         un.unet_calls(run, engine, dens, cond, resolutions=res, batches=batches, iters=iters,
                       peak_tflops=run.results["matmul_peak"]["tflops"], budget_s=args.budget_s)  # fmt: skip
+    _set_engine(run, engine, config)
     return run
 
 

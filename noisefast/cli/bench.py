@@ -113,7 +113,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the users call the stock pipeline and/or loop around the UNet alone (default: both where the "
                         "model has a diffusers pipeline, else unet)")  # fmt: skip
     s.add_argument("--variants", type=name_list((*BACKENDS, "fast", "plain")), default=[],
-                   help="more noisefast rows: another backend, fast (the whole GPU fast path) or plain (none of it)")
+                   help="more noisefast rows: another backend, fast (the whole GPU fast path) or plain (none of it) "
+                        "(default: torch when --backend is another; --matrix: fast)")
     s.add_argument("--matrix", action="store_true", help="turbo and sdxl settings × batch 8, 32, 1 within --budget-s "
                    "(the GPU matrix; variants default: fast)")  # fmt: skip
     s.add_argument("--budget-s", type=float_in(0, 86_400), default=170.0, help="--matrix: time budget (default: 170)")
