@@ -16,17 +16,19 @@ implementation of s(ε) = cos(ε, I(D(ε))) for these models. One untimed warm-u
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-if __package__ in (None, ""):  # run as a script: make the bench package importable
-    sys.path.append(str(Path(__file__).resolve().parents[1]))
-
-from bench.common import command_line, machine_info, md_table, measure_ways, write_json, write_text  # noqa: E402
+from noisefast.bench.machine import git_commit, load_average, machine_info, now_iso, versions
+from noisefast.bench.stats import summarize
+from noisefast.bench.tables import md_table
+from noisefast.bench.timing import time_round_robin
 
 FAMILIES = {"sd3": 7.0, "flux-dev": 3.5, "flux-schnell": 0.0}  # guidance: CFG / embedded / none
 
@@ -88,12 +90,24 @@ def diffusers_batched(pipe, prompt: str, steps: int, guidance: float, size: int)
     return score
 
 
+def measure_ways(ways, *, seeds: int, repeats: int, tolerance: float) -> dict:
+    """noises/s of each way (one untimed call each — also the scores compared —, then ``repeats`` round-robin runs)
+    and how the baseline's scores agree with noisefast's."""
+    scores = {name: fn().double().cpu() for name, fn in ways.items()}
+    seconds = {name: summarize(ts) for name, ts in time_round_robin(ways, repeats, warmup=0).items()}
+    rate = {name: seeds / s["median"] for name, s in seconds.items()}
+    diff = float((scores["diffusers_batched"] - scores["noisefast"]).abs().max())
+    return {"seconds": seconds, "noises_per_second": rate, "ratio": rate["noisefast"] / rate["diffusers_batched"],
+            "max_abs_score_diff": diff, "score_tolerance": tolerance, "scores_agree": diff <= tolerance}  # fmt: skip
+
+
 def run(seeds=16, steps=4, size=64, repeats=3, prompt="a red fox in the snow", families=tuple(FAMILIES)):
     from diffusers import FluxPipeline, StableDiffusion3Pipeline
 
     from noisefast.pipeline import Engine
 
-    machine = machine_info()  # before the runs: the load average the measurement started under
+    machine = machine_info() | {"date": now_iso(), "versions": versions(), "git": git_commit(),
+                                "load_average_1m": (load_average() or (float("nan"),))[0]}  # before the runs
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for family in families:
@@ -112,7 +126,7 @@ def run(seeds=16, steps=4, size=64, repeats=3, prompt="a red fox in the snow", f
             tol = 2 * 64 * 2.0**-24 * 2 * steps * (1 + w)
             results[family] = measure_ways(ways, seeds=seeds, repeats=repeats, tolerance=tol) | {"guidance": w}
     machine["load_average_1m_end"] = os.getloadavg()[0]
-    return {"machine": machine, "command": command_line(),
+    return {"machine": machine, "command": "python " + shlex.join(sys.argv),
             "settings": {"seeds": seeds, "steps": steps, "inversion_steps": steps, "size": size, "repeats": repeats},
             "families": results}  # fmt: skip
 
@@ -127,7 +141,7 @@ def markdown(res: dict) -> str:
                      f"{r['ratio']:.2f}×", f"{sec['diffusers_batched']['min']:.2f} / {sec['noisefast']['min']:.2f}",
                      f"{r['max_abs_score_diff']:.1e}", "yes" if r["scores_agree"] else "NO"])
     return (f"Flow-model scoring on tiny random pipelines: {st['seeds']} seeds, {st['steps']}+{st['inversion_steps']} "
-            f"Euler steps, {st['size']}², one batch; {m['date']}; {m['cpu']} ({m['cpu_count']} cores), torch threads "
+            f"Euler steps, {st['size']}², one batch; {m['date']}; {m['cpu']} ({m['cores']} cores), torch threads "
             f"{m['torch_threads']}, load average {m['load_average_1m']:.2f} at start, {m['load_average_1m_end']:.2f} at "
             f"the end; medians of {st['repeats']} round-robin runs.\n\n`{res['command']}`\n\n"
             + md_table(["family", "guidance", "stock pipeline + hand-written inversion, noises/s", "noisefast, noises/s",
@@ -150,10 +164,10 @@ def main(argv=None):
     res = run(args.seeds, args.steps, args.size, args.repeats)
     text = markdown(res)
     print(text)
-    if args.json:
-        write_json(args.json, res)
-    if args.md:
-        write_text(args.md, text)
+    for path, body in ((args.json, json.dumps(res, indent=1, default=str)), (args.md, text)):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(body + "\n")
 
 
 if __name__ == "__main__":
