@@ -18,3 +18,11 @@ def test_bench_flow_runs_and_its_baseline_agrees(tmp_path, monkeypatch):
     for r in saved["families"].values():
         assert r["scores_agree"] and set(r["noises_per_second"]) == {"noisefast", "diffusers_batched"}
     assert "| flux-schnell |" in (tmp_path / "f.md").read_text()
+
+
+def test_noisefast_bench_refuses_flow_models_in_one_line(tiny_flow_folders, quiet_env, capsys):
+    from noisefast.cli import main
+
+    assert main(["bench", "scoring", "--model", str(tiny_flow_folders["flux-schnell"])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "bench_flow.py" in err and "\n" not in err
