@@ -109,10 +109,12 @@ def _params(*ps: Param) -> dict[str, Param]:
 
 
 SETTINGS = _params(
-    Param("height", int, "image height in pixels (a multiple of the model's spatial factor: 8 for SDXL)", 1),
-    Param("width", int, "image width in pixels (a multiple of the model's spatial factor: 8 for SDXL)", 1),
-    Param("steps", int, "DDIM denoising steps", 1, MAX_STEPS),
-    Param("inversion_steps", int, "DDIM inversion steps", 1, MAX_STEPS),
+    Param("height", int, "image height in pixels (a multiple of the model's spatial factor: 8 for SDXL, 16 for SD3/FLUX)",
+          1),
+    Param("width", int, "image width in pixels (a multiple of the model's spatial factor: 8 for SDXL, 16 for SD3/FLUX)",
+          1),
+    Param("steps", int, "denoising steps (DDIM; Euler for SD3/FLUX)", 1, MAX_STEPS),
+    Param("inversion_steps", int, "inversion steps", 1, MAX_STEPS),
     Param("guidance_scale", float, "classifier-free guidance scale of denoising (> 1 runs CFG)", -MAX_GUIDANCE,
           MAX_GUIDANCE, flag="--guidance"),
     Param("inversion_guidance_scale", float,
