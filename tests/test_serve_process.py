@@ -53,7 +53,8 @@ def test_disconnect_drops_rows_then_sigterm_drains_in_flight_request():
     request in flight finish."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", MAIN, "serve", "--port", str(port), "--batch-size", "8",
-                             "--graceful-timeout", "60", "--timeout", "120", "--log-level", "warning"],
+                             "--graceful-timeout", "60", "--timeout", "120", "--log-level", "warning",
+                             "--max-cost", "10000000"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env=os.environ | {"OMP_NUM_THREADS": "1"})  # fmt: skip
     try:
@@ -62,7 +63,7 @@ def test_disconnect_drops_rows_then_sigterm_drains_in_flight_request():
         # (1) 512 rows at batch 8: ~minutes of work; the client leaves after 1 s
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(base + "/v1/select", timeout=1.0, json={
-                "prompt": "a handwritten digit four", "seeds": {"start": 0, "stop": 512},
+                "prompt": "a handwritten digit four", "seeds": {"start": 0, "count": 512},
                 "settings": {"steps": 10, "inversion_steps": 10}})
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and metric(base, "noisefast_queue_rows") > 0:
@@ -78,7 +79,7 @@ def test_disconnect_drops_rows_then_sigterm_drains_in_flight_request():
 
         def slow():  # 64 rows × 20 DDIM moves: in flight when SIGTERM lands
             out["r"] = httpx.post(base + "/v1/select", timeout=60, json={
-                "prompt": "a handwritten digit four", "seeds": {"start": 0, "stop": 64},
+                "prompt": "a handwritten digit four", "seeds": {"start": 0, "count": 64},
                 "settings": {"steps": 10, "inversion_steps": 10}})
 
         t = threading.Thread(target=slow)
