@@ -115,7 +115,7 @@ def create_app(config: ServeConfig | None = None, *, engine=None, service: Servi
 
     _install_handlers(app)
     install_docs(app)
-    document(app, svc)
+    document(app, svc, M)
     return app
 
 

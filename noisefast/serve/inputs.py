@@ -17,7 +17,7 @@ resolves their annotations from the values captured here.
 from dataclasses import dataclass
 from typing import Annotated, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from noisefast.defaults import DEFAULT_NUM_CANDIDATES
@@ -25,6 +25,7 @@ from noisefast.params import MAX_ITERATIONS, MAX_STEPS, OPTIMIZE, SEED_LIMIT, SE
 from noisefast.serve.schemas import Bool, Float, IntIn, TextIn
 
 PROMPT_CHARS = 2000  # a prompt or negative prompt, in characters (SDXL's encoders read 77 tokens of it)
+BODY_ROOM = 65_536  # bytes of a body besides its noise: two prompts of PROMPT_CHARS (≤ 12 bytes each as JSON), settings
 SEED_TAGS = ("list", "range")  # the two spellings of ``seeds``; `noisefast.serve.problems` drops them from a loc
 
 
@@ -78,6 +79,7 @@ def request_models(*, max_seeds: int, max_steps: int, max_side: int, max_iterati
     S, O = SETTINGS, OPTIMIZE
     steps_hi = min(max_steps, MAX_STEPS)
     Seed = IntIn(ge=0, lt=SEED_LIMIT)
+    start_room = max(2048, 1 << (max_seeds - 1).bit_length())  # JSON doubles near 2**63 are 1024 apart
     Prompt = TextIn(min_length=1, max_length=PROMPT_CHARS, description="the prompt (Unicode text)")
     Negative = TextIn(max_length=PROMPT_CHARS, description="the negative prompt (used where a step runs the "
                       "unconditional half)")  # fmt: skip
@@ -98,9 +100,10 @@ def request_models(*, max_seeds: int, max_steps: int, max_side: int, max_iterati
             return {k: v for k, v in self.model_dump().items() if v is not None}
 
     class SeedRange(Closed):
-        """``count`` consecutive seeds from ``start``: start, start + 1, …, start + count − 1."""
+        """``count`` consecutive seeds from ``start``: start, start + 1, …, start + count − 1 (``start`` stops short
+        of 2**63 by a power of two ≥ count, so the range stays in [0, 2**63) and the bound is exact as a double)."""
 
-        start: IntIn(ge=0, le=SEED_LIMIT - max_seeds) = 0
+        start: IntIn(ge=0, le=SEED_LIMIT - start_room) = 0
         count: IntIn(ge=1, le=max_seeds)
 
         def seed_list(self) -> list[int]:
@@ -145,9 +148,16 @@ def request_models(*, max_seeds: int, max_steps: int, max_side: int, max_iterati
 
     noise_schema = {"format": "safetensors", "contentEncoding": "base64",
                     "contentMediaType": "application/octet-stream"}  # fmt: skip
+    noise_chars = max(max_body_bytes - BODY_ROOM, 0)  # the rest of a body (two prompts, settings) fits beside it
 
     def _generate_one_of(schema: dict) -> None:
-        """Exactly one of seed and noise; with noise, the image size is the noise's (no settings.height/width)."""
+        """Exactly one of seed and noise (neither null); with noise, the image size is the noise's (no
+        settings.height/width)."""
+        for name in ("seed", "noise"):
+            prop = schema["properties"][name]
+            (kept,) = [b for b in prop.pop("anyOf") if b.get("type") != "null"]
+            prop.update(kept)
+            prop.pop("default", None)
         schema["oneOf"] = [
             {"required": ["seed"], "not": {"required": ["noise"]}},
             {"required": ["noise"], "not": {"required": ["seed"]},
@@ -160,11 +170,19 @@ def request_models(*, max_seeds: int, max_steps: int, max_side: int, max_iterati
         model_config = ConfigDict(extra="forbid", json_schema_extra=_generate_one_of)
         prompt: Prompt
         seed: Seed | None = None
-        noise: TextIn(max_length=max_body_bytes, json_schema_extra=noise_schema) | None = Field(
+        noise: TextIn(max_length=noise_chars, json_schema_extra=noise_schema) | None = Field(
             None, description="base64 of a safetensors file holding one tensor [1, C, h, w] or [C, h, w] (or the "
                               "'best' tensor of an /v1/optimize answer); the image is h·f × w·f pixels")  # fmt: skip
         negative_prompt: Negative | None = None
         settings: SettingsIn = Field(default_factory=SettingsIn)
+
+        @field_validator("seed", "noise", mode="before")
+        @classmethod
+        def _not_null(cls, v, info):
+            if v is None:  # leaving it out is how one says "not this one"
+                raise PydanticCustomError("not_null", "{name} must not be null: leave it out to use the other "
+                                          "source", {"name": info.field_name})  # fmt: skip
+            return v
 
         @model_validator(mode="after")
         def _one_source(self):

@@ -70,9 +70,20 @@ def _tidy(node) -> None:
             _tidy(v)
 
 
-def document(app, service) -> None:
-    """``app.openapi`` with the security scheme, the model's image bounds and the limits (see the module docstring);
-    recomputed until the model is loaded, then kept."""
+def _exact_models(schema: dict, models) -> None:
+    """The request models' schemas as pydantic writes them: FastAPI's OpenAPI model stores bounds as floats, and
+    2**63 − 2048 must stay that integer (JSON Schema validators compare integers exactly)."""
+    comps = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in (models.score, models.optimize, models.generate):
+        exact = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, sub in {**exact.pop("$defs", {}), model.__name__: exact}.items():
+            if name in comps:
+                comps[name] = sub
+
+
+def document(app, service, models) -> None:
+    """``app.openapi`` with the request ``models``' exact schemas, the security scheme, the model's image bounds and
+    the limits (see the module docstring); recomputed until the model is loaded, then kept."""
     from fastapi.openapi.utils import get_openapi
 
     def openapi() -> dict:
@@ -80,6 +91,7 @@ def document(app, service) -> None:
             return app.openapi_schema
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         _tidy(schema)
+        _exact_models(schema, models)
         c = service.config
         schema["info"]["x-noisefast-limits"] = c.limits()
         if c.api_key is not None:

@@ -50,9 +50,12 @@ def _json_kind(v: Any) -> str:
 
 
 def IntIn(**field) -> type:
-    """`Int` with pydantic ``Field`` keywords (bounds, description): the bounds sit on the integer itself, so
-    they validate and appear in the JSON schema as ``minimum``/``maximum``."""
-    return Annotated[int, Field(**field), BeforeValidator(_strict_int)]
+    """`Int` with pydantic ``Field`` keywords (bounds, description). The JSON schema states the bounds as exact
+    integers (pydantic would write them as floats, and 2**63 − 4 as a float is 2**63)."""
+    bounds = {key: field[k] for k, key in (("ge", "minimum"), ("le", "maximum"), ("gt", "exclusiveMinimum"),
+                                           ("lt", "exclusiveMaximum")) if k in field}  # fmt: skip
+    extra = field.pop("json_schema_extra", None) or {}
+    return Annotated[int, Field(**field, json_schema_extra={**bounds, **extra}), BeforeValidator(_strict_int)]
 
 
 def TextIn(**field) -> type:
