@@ -59,10 +59,15 @@ class _Work:
     future: asyncio.Future
     enqueued: float = field(default_factory=time.monotonic)
     cancelled: bool = False
+    abandoned: bool = False  # its waiter stopped waiting (timeout, disconnect)
 
     def resolve(self, value=None, error: BaseException | None = None) -> None:
         def put():
-            if not self.future.done():
+            if self.future.done():
+                return
+            if self.abandoned:  # nobody waits for it (504, client gone): no "exception never retrieved"
+                self.future.cancel()
+            else:
                 self.future.set_exception(error) if error is not None else self.future.set_result(value)
 
         try:
@@ -203,6 +208,7 @@ class Batcher:
                                          return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
             if work.future in done:
                 return work.future.result()
+            work.abandoned = True
             self.cancel(work)
             reason = "disconnect" if gone is not None and gone in done else "timeout"
             if self.metrics is not None:
@@ -211,6 +217,7 @@ class Batcher:
                 raise ClientGone("the client disconnected")
             raise RequestTimeout(f"the request did not finish within {timeout:g} s (--timeout); its work was stopped")
         except asyncio.CancelledError:
+            work.abandoned = True
             self.cancel(work)
             raise
         finally:

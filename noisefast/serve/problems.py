@@ -25,7 +25,8 @@ _NO_INPUT = object()
 
 # pydantic's messages for these types do not say what the field is; ours do
 MESSAGES = {"extra_forbidden": "unknown field (not part of this request; see /openapi.json)",
-            "model_attributes_type": "must be a JSON object", "dict_type": "must be a JSON object"}  # fmt: skip
+            "model_attributes_type": "must be a JSON object", "dict_type": "must be a JSON object",
+            "string_unicode": "must be valid Unicode text (it holds a lone surrogate such as \\ud800)"}  # fmt: skip
 
 
 def excerpt(value) -> str | None:
