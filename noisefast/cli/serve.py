@@ -75,9 +75,11 @@ def config_from_args(args: argparse.Namespace):
 
 
 def uvicorn_options(config) -> dict:
-    """The connection limits as uvicorn's options: the h11 parser (its incomplete-event bound caps the header block
-    at ``max_header_bytes`` before it is held in memory; httptools has no such bound) and the keep-alive timeout."""
-    return {"http": "h11", "h11_max_incomplete_event_size": config.max_header_bytes,
+    """The connection limits as uvicorn's options: the h11 parser, whose incomplete-event bound caps a header block
+    at twice ``max_header_bytes`` before it is held in memory (httptools has no such bound) — between the two the
+    server's door answers 431 with the error body, beyond it h11 answers 400 and closes — and the keep-alive
+    timeout."""
+    return {"http": "h11", "h11_max_incomplete_event_size": 2 * config.max_header_bytes,
             "timeout_keep_alive": config.keep_alive_s}  # fmt: skip
 
 
