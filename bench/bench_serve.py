@@ -77,7 +77,7 @@ async def load(port: int, concurrency: int, duration: float, max_warmup: float, 
         async def worker(i: int):
             while time.monotonic() < window["end"]:
                 start = rng.randrange(0, 1_000_000)
-                payload = {"prompt": f"a handwritten digit {rng.choice(NAMES)}", "seeds": {"start": start, "stop": start + k},
+                payload = {"prompt": f"a handwritten digit {rng.choice(NAMES)}", "seeds": {"start": start, "count": k},
                            "settings": settings}  # fmt: skip
                 t = time.monotonic()
                 try:

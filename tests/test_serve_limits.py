@@ -171,6 +171,19 @@ def test_cli_serve_options(monkeypatch):
     assert (c.engine.batch_size, c.max_wait_ms, c.request_timeout_s) == (1, 0.0, 5.0)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--batch-size", "0"])
+    from noisefast.cli.serve import uvicorn_options
+    from noisefast.defaults import DEFAULT_MAX_COST
+
+    assert (c.max_cost, c.body_timeout_s, c.max_header_bytes, c.max_headers, c.keep_alive_s) == (
+        DEFAULT_MAX_COST, 30.0, 16_384, 100, 5.0)  # the defaults
+    flags = ["serve", "--max-cost", "5000", "--body-timeout", "2", "--max-header-bytes", "8192", "--max-headers",
+             "40", "--keep-alive-timeout", "1.5"]  # fmt: skip
+    c = config_from_args(build_parser().parse_args(flags))
+    assert (c.max_cost, c.body_timeout_s, c.max_header_bytes, c.max_headers, c.keep_alive_s) == (5000, 2.0, 8192, 40, 1.5)
+    assert uvicorn_options(c) == {"http": "h11", "h11_max_incomplete_event_size": 16384, "timeout_keep_alive": 1.5}
+    for bad in (["--max-cost", "0"], ["--max-header-bytes", "10"], ["--body-timeout", "nan"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["serve", *bad])
 
 
 def test_batcher_stops_refusing_new_work(engine):
