@@ -23,7 +23,8 @@ DEFAULT_BATCH_SIZE = 8
 PIXEL_BATCH_SIZE = 64
 
 # The server: what one request may cost (rows × UNet calls × latent pixels; noisefast.serve.cost explains the count).
-# 600,000 ≈ the default optimize call on builtin:digits (579,840); SDXL needs it raised (2,457,600 per 1024² seed).
+# 600,000 ≈ the default optimize call on builtin:digits (579,840); SDXL needs it raised (2,457,600 per 1024² seed);
+# bench/serve_cost.py measures seconds per unit.
 DEFAULT_MAX_COST = 600_000
 
 # The screening job: rows per shard — what a kill can lose, and the unit Ray hands out.

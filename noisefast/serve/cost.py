@@ -14,9 +14,10 @@ what the UNet's work grows with for models that are compute-bound (SDXL); for a 
 call's fixed overhead dominates small batches, so one unit takes longer there — the request timeout bounds that.
 
 Default ``--max-cost``: 600,000 — builtin:digits at its defaults (8×8, 10 + 10 steps, CFG 2) scores 100 seeds for
-192,000 and optimizes one seed 100 iterations for 579,840; a 32×32 request of 64 seeds (1,966,080) held this
-2-core CPU ~80 s and is refused. SDXL's default (1024², 50 + 50 steps, CFG) is 2,457,600 per seed: raise the
-limit for it (SDXL-Turbo at 512², 1 + 1 steps: 8,192 per seed).
+192,000 and optimizes one seed 100 iterations for 579,840; a 32×32 request of 64 seeds (1,966,080) is refused
+(``bench/serve_cost.py``: 25 µs a unit for batched scoring on a shared 2-core CPU, so that request took 50 s;
+one-row calls of this tiny model cost 130–180 µs a unit). SDXL's default (1024², 50 + 50 steps, CFG) is
+2,457,600 per seed: raise the limit for it (SDXL-Turbo at 512², 1 + 1 steps: 8,192 per seed).
 """
 
 from __future__ import annotations

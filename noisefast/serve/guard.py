@@ -72,6 +72,9 @@ class Guard:
             await P.send(tracked, r.status, [r.problem], r.headers)
         except _Gone:
             pass
+        except Exception:  # a bug: the 500 is written outside (Starlette's ServerErrorMiddleware); count it as one
+            status[0] = 500
+            raise
         finally:
             self.service.metrics.observe_request(endpoint, status[0], time.perf_counter() - t)
 
