@@ -50,6 +50,8 @@ def main() -> None:
         ("generate 1 image, defaults", generate_cost(big, d, e.latent_shape(d)),
          lambda: e.generate(P, [1], settings=d), 3),  # fmt: skip
     ]
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.machine()) if Path("/proc/cpuinfo").exists() else platform.machine()
     load = os.getloadavg()
     rows = []
     for label, cost, fn, n in shapes:
@@ -59,7 +61,7 @@ def main() -> None:
     after = os.getloadavg()
     date = dt.date.today().isoformat()
     md = [f"# noisefast serve: seconds per cost unit, builtin:digits, 1 thread ({date})", "",
-          f"`python bench/serve_cost.py`; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+          f"`python bench/serve_cost.py`; {cpu}, {os.cpu_count()} CPUs; "
           f"load average before {load[0]:.2f}, after {after[0]:.2f}; best of the repeats shown in the script.", "",
           f"Default --max-cost: {DEFAULT_MAX_COST:,}.", "",
           "| request | cost (rows × UNet calls × latent px) | seconds | µs per unit |", "|---|---:|---:|---:|", *rows]  # fmt: skip
