@@ -67,7 +67,7 @@ def test_serve_select_equals_the_engine(flux_engine):
 
     async def go():
         async with served(flux_engine) as c:
-            return await c.post("/v1/select", json={"prompt": "a red fox", "seeds": {"start": 0, "stop": 4},
+            return await c.post("/v1/select", json={"prompt": "a red fox", "seeds": {"start": 0, "count": 4},
                                                     "settings": FAST})  # fmt: skip
 
     r = run(go())

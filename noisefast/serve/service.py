@@ -128,7 +128,7 @@ class Service:
 
     def image_bounds(self) -> tuple[int, int]:
         """(multiple, largest side) an image's height and width must keep on this model and server."""
-        multiple = self.engine._size_multiple()
+        multiple = self.engine.model.arch.size_multiple()[0]
         top = min(self.config.max_side, self.engine.defaults.max_side)
         return multiple, top - top % multiple
 
