@@ -48,6 +48,7 @@ from noisefast.progress import ProgressFn
 from noisefast.schedule import DDIMSchedule
 from noisefast.selection import Selection, select_many, select_one
 from noisefast.settings import Settings, check_fits_memory, resolve_settings
+from noisefast.textio import check_text
 
 SHAPE_SPECIALISED_BACKENDS = ("compile", "tensorrt")
 CONDITION_CACHE_SIZE = 256  # encoded prompts kept per engine
@@ -203,6 +204,9 @@ class Engine:
             raise InputError(f"prompt must be a string, got {type(prompt).__name__}")
         if negative_prompt is not None and not isinstance(negative_prompt, str):
             raise InputError(f"negative_prompt must be a string or None, got {type(negative_prompt).__name__}")
+        check_text(prompt, "prompt")  # a tokenizer fails on undecodable bytes with a TypeError deep inside
+        if negative_prompt is not None:
+            check_text(negative_prompt, "negative_prompt")
         with_negative = needs_negative(s.guidance_scale, s.inversion_guidance_scale)
         key = (prompt, negative_prompt, s.height, s.width, with_negative)
         cond = self._conditions.get(key)
@@ -366,13 +370,25 @@ class Engine:
     # --- generation and decoding -----------------------------------------------------------------------------
     def generate(self, prompt: str | None = None, seeds=None, *, latents: torch.Tensor | None = None, noise=None,
                  negative_prompt: str | None = None, condition: Condition | None = None, decode: bool = True,
-                 progress: ProgressFn | None = None, settings: Settings | None = None, **overrides) -> Generation:  # fmt: skip
+                 progress: ProgressFn | None = None, step_progress: ProgressFn | None = None,
+                 settings: Settings | None = None, **overrides) -> Generation:  # fmt: skip
         """D(ε): the DDIM denoising loop from each seed's noise (or each row of ``latents``), decoded to images;
-        ``progress(images_done, total)`` after each batch."""
+        ``progress(images_done, total)`` after each batch, ``step_progress(steps_done, steps_total)`` after each
+        denoising step of each batch (steps_total = batches × steps)."""
         s, job = self._one_job(prompt, seeds, latents, noise, negative_prompt, condition, settings, overrides)
         scorer, eps, x0 = self.scorer(s), [], []
-        for batch in row_batches([job], self.batch_size_for(s)):
-            e, x = scorer.denoise(batch)
+        rows = self.batch_size_for(s)
+        on_move = None
+        if step_progress is not None:
+            steps_total, steps_done = -(-len(job.seeds) // rows) * s.steps, [0]
+
+            def on_move():
+                steps_done[0] += 1
+                step_progress(steps_done[0], steps_total)
+
+            step_progress(0, steps_total)
+        for batch in row_batches([job], rows):
+            e, x = scorer.denoise(batch, on_move)
             eps.append(e)
             x0.append(x)
             if progress is not None:
