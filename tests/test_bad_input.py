@@ -55,7 +55,7 @@ CLI_CASES = [
     ("too many seeds", ["select", "--seeds", "0:100000000"], "more than 10,000,000 seeds"),
     ("seed listed twice", ["select", "--seeds", "1,1"], "a seed is listed twice"),
     ("negative seed", ["select", "--seeds=-1:3"], "bad seed"),
-    ("guidance overflow", ["select", "--guidance", "1e30"], "expected a finite number in [-1000, 1000]"),
+    ("guidance overflow", ["select", "--guidance", "1e30"], "expected a finite number in [0, 1000]"),
     ("guidance nan", ["select", "--guidance", "nan"], "expected a finite number"),
     ("inversion guidance inf", ["select", "--inversion-guidance", "inf"], "expected a finite number"),
     ("lr overflow", ["optimize", "--lr", "1e300"], "expected a finite number in [1e-12, 1e+06]"),
