@@ -74,7 +74,8 @@ def remove_stale_temps(folder: str | os.PathLike, *, all_owned: bool = False) ->
     """
     removed = []
     try:
-        entries = list(os.scandir(folder))
+        with os.scandir(folder) as it:
+            entries = list(it)
     except OSError:
         return removed
     for entry in entries:

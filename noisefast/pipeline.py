@@ -44,7 +44,7 @@ from noisefast.errors import InputError, LimitError
 from noisefast.loading import LoadedModel, load_model, model_from_pipe
 from noisefast.optimize import optimize_noise
 from noisefast.params import OPTIMIZE
-from noisefast.progress import ProgressFn
+from noisefast.progress import ProgressFn, step_counter
 from noisefast.schedule import DDIMSchedule
 from noisefast.selection import Selection, select_many, select_one
 from noisefast.settings import Settings, check_fits_memory, resolve_settings
@@ -378,15 +378,7 @@ class Engine:
         s, job = self._one_job(prompt, seeds, latents, noise, negative_prompt, condition, settings, overrides)
         scorer, eps, x0 = self.scorer(s), [], []
         rows = self.batch_size_for(s)
-        on_move = None
-        if step_progress is not None:
-            steps_total, steps_done = -(-len(job.seeds) // rows) * s.steps, [0]
-
-            def on_move():
-                steps_done[0] += 1
-                step_progress(steps_done[0], steps_total)
-
-            step_progress(0, steps_total)
+        on_move = None if step_progress is None else step_counter(step_progress, -(-len(job.seeds) // rows) * s.steps)
         for batch in row_batches([job], rows):
             e, x = scorer.denoise(batch, on_move)
             eps.append(e)

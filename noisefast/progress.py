@@ -47,9 +47,22 @@ class ProgressBar:
         self.close()
 
 
+def step_counter(progress: ProgressFn, total: int) -> Callable[[], None]:
+    """A no-argument callback reporting ``progress(n, total)`` on its n-th call (``progress(0, total)`` at once):
+    for loops that know their steps but not their place (the denoising moves of `Engine.generate`)."""
+    done = [0]
+    progress(0, total)
+
+    def step() -> None:
+        done[0] += 1
+        progress(done[0], total)
+
+    return step
+
+
 def stderr_is_terminal() -> bool:
     """Whether a progress bar would be seen (the default for front ends' ``--progress``)."""
     return sys.stderr.isatty()
 
 
-__all__ = ["ProgressBar", "ProgressFn", "stderr_is_terminal"]
+__all__ = ["ProgressBar", "ProgressFn", "stderr_is_terminal", "step_counter"]

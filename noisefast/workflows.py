@@ -215,11 +215,13 @@ def generate_seeds(engine: Engine, prompt: str, seeds: Sequence[int] | None = No
     chunks = range(0, total, step)
     steps_total = len(chunks) * settings.steps
     t = time.perf_counter()
+    if step_progress is not None:
+        step_progress(0, steps_total)  # a bar's clock starts with the work
     try:
         for n, lo in enumerate(chunks):
             chunk = dict(latents=latents[lo : lo + step]) if latents is not None else dict(seeds=list(seeds[lo : lo + step]))
-            sp = None if step_progress is None else (
-                lambda done, _total, base=n * settings.steps: step_progress(base + done, steps_total))  # fmt: skip
+            sp = None if step_progress is None else (  # each chunk's steps, offset by the chunks before (0s skipped)
+                lambda done, _total, base=n * settings.steps: done and step_progress(base + done, steps_total))  # fmt: skip
             gen = engine.generate(prompt, negative_prompt=negative_prompt, settings=settings, step_progress=sp, **chunk)
             for i, img in enumerate(gen.images):
                 seed = None if latents is not None else chunk["seeds"][i]

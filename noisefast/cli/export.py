@@ -47,7 +47,13 @@ def check_trace_fits(folder, args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from noisefast.denoisers.onnx_export import run_export
+    from noisefast.errors import BackendUnavailableError
     from noisefast.loading import resolve_folder
+
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise BackendUnavailableError("noisefast export needs onnx: pip install 'noisefast[onnx]'") from None
 
     args.model = str(resolve_folder(args.model))  # builtin:NAME, a folder, or a hub id (cache first)
     check_trace_fits(args.model, args)

@@ -106,17 +106,24 @@ class StageStatus:
 
     def describe(self) -> str:
         """One line: what is missing or untrusted (empty when complete)."""
-        parts = []
-        if self.missing:
-            parts.append(f"{self.missing} of {self.expected} shards of {self.folder.name}/ are not finished")
-        if self.bad:
-            parts.append(f"{len(self.bad)} shard file(s) cannot be trusted ({self.bad[0][0]}: {self.bad[0][1]})")
-        return "; ".join(parts)
+        return describe_incomplete(self.as_dict(), self.bad[0][1] if self.bad else None)
 
     def as_dict(self) -> dict:
         return {"complete": self.complete, "shards_verified": self.verified, "shards_expected": self.expected,
                 "shards_missing": self.missing, "rows": self.rows,
                 "shards_untrusted": [str(p) for p, _ in self.bad]}  # fmt: skip
+
+
+def describe_incomplete(status: dict, why: str | None = None) -> str:
+    """``StageStatus.as_dict()`` (or a DataFrame's ``attrs`` from `load_scores`) as one line: what is missing or
+    cannot be trusted — "3 of 4 shards missing; 1 shard file(s) that cannot be trusted, e.g. PATH (why)"."""
+    parts = []
+    if status.get("shards_missing"):
+        parts.append(f"{status['shards_missing']} of {status['shards_expected']} shards missing")
+    if status.get("shards_untrusted"):
+        parts.append(f"{len(status['shards_untrusted'])} shard file(s) that cannot be trusted, e.g. "
+                     f"{status['shards_untrusted'][0]}" + (f" ({why})" if why else ""))  # fmt: skip
+    return "; ".join(parts)
 
 
 @dataclass
@@ -150,5 +157,5 @@ def read_stage(root, folder: str = "scores", *, columns=None, manifest: dict | N
     return StageRows(pa.concat_tables(tables) if tables else None, status)
 
 
-__all__ = ["BadShard", "META_KEY", "StageRows", "StageStatus", "expected_shards", "read_shard", "read_stage", "seal",
-           "table_checksum"]
+__all__ = ["BadShard", "META_KEY", "StageRows", "StageStatus", "describe_incomplete", "expected_shards", "read_shard",
+           "read_stage", "seal", "table_checksum"]

@@ -170,7 +170,9 @@ class OutDir:
     def _empty_staging(self) -> None:
         """``.staging/`` holds only what a killed run was writing: never renamed, never read — remove it all."""
         staging = self.root / STAGING
-        for entry in os.scandir(staging):
+        with os.scandir(staging) as it:
+            entries = list(it)
+        for entry in entries:
             try:
                 if entry.is_dir(follow_symlinks=False):
                     shutil.rmtree(entry.path)

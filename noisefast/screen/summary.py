@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from noisefast.errors import InputError
-from noisefast.screen.integrity import read_stage
+from noisefast.screen.integrity import describe_incomplete, read_stage
 from noisefast.screen.manifest import read_manifest
 from noisefast.screen.shards import PROXY, SCORES
 
@@ -84,9 +84,9 @@ def seed_stats(out_dir, stage: str | None = None, *, partial: bool = False):
     df = load_scores(out_dir, stage or _ranked_stage(out_dir))
     attrs = dict(df.attrs)
     if attrs.get("complete") is False and not partial:
-        raise InputError(f"{out_dir} is an unfinished screen ({_incomplete(attrs)}): its seeds cannot be ranked "
-                         f"across prompts yet; rerun the screen command to finish it, or pass --partial to rank what "
-                         f"is there")  # fmt: skip
+        raise InputError(f"{out_dir} is an unfinished screen ({describe_incomplete(attrs) or 'incomplete'}): its "
+                         f"seeds cannot be ranked across prompts yet; rerun the screen command to finish it, or pass "
+                         f"--partial to rank what is there")  # fmt: skip
     if df.empty:
         raise InputError(f"{out_dir}: no finished shards yet")
     df = df.assign(rank=df.groupby("prompt_id")["stability"].rank(ascending=False, method="average"))
@@ -101,16 +101,6 @@ def seed_stats(out_dir, stage: str | None = None, *, partial: bool = False):
     stats = stats.sort_values(["mean_rank", "seed"], kind="stable").reset_index(drop=True)
     stats.attrs.update(attrs)
     return stats
-
-
-def _incomplete(attrs: dict) -> str:
-    parts = []
-    if attrs.get("shards_missing"):
-        parts.append(f"{attrs['shards_missing']} of {attrs['shards_expected']} shards missing")
-    if attrs.get("shards_untrusted"):
-        parts.append(f"{len(attrs['shards_untrusted'])} shard file(s) that cannot be trusted, "
-                     f"e.g. {attrs['shards_untrusted'][0]}")  # fmt: skip
-    return "; ".join(parts) or "incomplete"
 
 
 def _rows(seeds, scores) -> list[dict]:
@@ -219,8 +209,9 @@ def print_seed_stats(out_dir, n: int = 10, *, partial: bool = False) -> str:
     head = f"{'seed':>10} {'mean rank':>10} {'mean s':>8} {'std':>7} {'prompts':>7}"
     fmt = lambda r: (f"{int(r.seed):>10} {r.mean_rank:>10.2f} {r.mean_stability:>8.4f} {r.std_stability:>7.4f} "  # noqa: E731
                      f"{int(r.prompts):>7}")  # fmt: skip
-    lines = [f"UNFINISHED RUN ({_incomplete(stats.attrs)}): ranks from the finished shards only"] \
-        if stats.attrs.get("complete") is False else []
+    unfinished = stats.attrs.get("complete") is False
+    lines = [f"UNFINISHED RUN ({describe_incomplete(stats.attrs) or 'incomplete'}): ranks from the finished shards "
+             f"only"] if unfinished else []  # fmt: skip
     lines += [f"{len(stats)} seeds ranked across prompts (1 = most stable); all in {Path(out_dir) / 'seed_stats.csv'}",
              f"most stable {min(n, len(stats))}:", head] + [fmt(r) for r in stats.head(n).itertuples()]  # fmt: skip
     if len(stats) > n:
