@@ -65,6 +65,21 @@ def temp_sibling(path: str | os.PathLike) -> tuple[int, Path]:
     raise FileExistsError(errno.EEXIST, "no free temporary name", str(path))  # pragma: no cover
 
 
+def temp_sibling_dir(path: str | os.PathLike) -> Path:
+    """A new, empty folder beside ``path`` (same filesystem), mode ``0o777 & ~umask`` as ``mkdir`` gives
+    (``tempfile.mkdtemp``'s 0700 would survive the rename into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.mkdir(tmp, 0o777)
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path))  # pragma: no cover
+
+
 def remove_stale_temps(folder: str | os.PathLike, *, all_owned: bool = False) -> list[Path]:
     """Remove the temporary files of atomic writes in ``folder`` whose writer is gone (returns them).
 
@@ -164,4 +179,4 @@ def atomic_write_json(path: str | os.PathLike, obj, *, hint: str = "") -> Path:
 
 
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_json", "dumps_json", "json_safe", "output_error",
-           "remove_stale_temps", "temp_sibling"]
+           "remove_stale_temps", "temp_sibling", "temp_sibling_dir"]

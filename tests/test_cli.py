@@ -169,6 +169,10 @@ def test_export_then_score_through_onnxruntime_matches_torch(tmp_path, quiet_env
     onnx_dir = tmp_path / "onnx"
     assert main(["export", "--model", "builtin:digits", "--out", str(onnx_dir)]) == 0
     assert (onnx_dir / "model.onnx").is_file()
+    mask = os.umask(0)
+    os.umask(mask)
+    assert onnx_dir.stat().st_mode & 0o777 == 0o777 & ~mask  # the export folder is not mkdtemp's 0700
+    assert (onnx_dir / "model.onnx").stat().st_mode & 0o777 == 0o666 & ~mask
     capsys.readouterr()
     scores = {}
     for backend in ("torch", "onnxruntime"):
