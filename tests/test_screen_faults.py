@@ -316,3 +316,13 @@ def test_a_folder_from_noisefast_0_2_resumes_and_its_shards_are_sealed(engine, r
     assert capsys.readouterr().err.count("written by an older noisefast without a checksum") == 3
     assert json.loads((out / "manifest.json").read_text())["plan"] == {"scores": {"shards": 4, "rows": 16}}
     _assert_exactly_once_and_equal(out, reference)
+
+
+def test_force_starts_over_even_from_a_damaged_manifest(engine, reference, tmp_path):
+    out = tmp_path / "run"
+    _run(engine, out)
+    (out / "manifest.json").write_text("[1, 2")
+    with pytest.raises(InputError, match="manifest.json: cannot read it .* use --force"):
+        _run(engine, out)
+    assert _run(engine, out, force=True).rows_scored == 16
+    _assert_exactly_once_and_equal(out, reference)

@@ -190,10 +190,9 @@ def screen(prompts, seeds: Iterable[int] | None = None, out="screen", *, config:
                                   rescore_top=rescore_top, info=info, full=full, executor=executor.name,
                                   versions=versions(), argv=argv)  # fmt: skip
         model_id, dtype_name = manifest["model"], manifest["run"]["dtype"]
-        old = read_manifest(outdir.root)
+        old = None if force else read_manifest(outdir.root)  # --force starts over even from a damaged manifest
         if force:
             outdir.clear()
-            old = None
         elif old is None and any(outdir.root.glob("scores/*.parquet")):
             raise InputError(f"--out {outdir.root} holds scores/ files but no manifest.json; use --force to start "
                              f"over or a new --out")  # fmt: skip
@@ -214,7 +213,6 @@ def screen(prompts, seeds: Iterable[int] | None = None, out="screen", *, config:
         bar = ProgressBar("screen", "rows", progress)
         done_rows, total_rows, scored, score_s = 0, 0, 0, 0.0
         shards_total = shards_skipped = shards_written = 0
-        planned: list[Shard] = []
         hint = f"rerun the same command to resume (finished shards in {outdir.root / 'scores'} are kept)"
         try:
             for stage, s in stages:
@@ -222,7 +220,6 @@ def screen(prompts, seeds: Iterable[int] | None = None, out="screen", *, config:
                     shards = plan_rescore(items, _top_seeds(outdir.root, items, rescore_top), shard_size)
                 else:
                     shards = plan_grid(stage, items, seeds, shard_size)
-                planned += shards
                 todo = [sh for sh in shards if not outdir.verified(sh)]
                 shards_total += len(shards)
                 shards_skipped += len(shards) - len(todo)
@@ -241,6 +238,7 @@ def screen(prompts, seeds: Iterable[int] | None = None, out="screen", *, config:
                     scored += shard.rows
                     shards_written += 1
                 score_s += time.perf_counter() - t
+                outdir.sweep(shards)  # untrusted files no planned shard names (a stray or damaged copy) go aside too
                 if stage == "proxy":
                     total_rows -= len(items) * rescore_top
         except KeyboardInterrupt:
@@ -251,7 +249,6 @@ def screen(prompts, seeds: Iterable[int] | None = None, out="screen", *, config:
             raise ScreenInterrupted(partial, hint) from None
         finally:
             bar.close()
-        outdir.sweep(planned)  # untrusted files no planned shard names (a stray or damaged copy) go aside too
         from noisefast.screen.summary import write_summary
 
         wall = time.perf_counter() - t_wall

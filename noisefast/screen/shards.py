@@ -26,7 +26,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -237,16 +237,18 @@ class OutDir:
         self.notice(f"shard {path} cannot be trusted: {why}; moved to {dest}, it is scored again")
         return dest
 
-    def sweep(self, planned: Iterable[Shard]) -> None:
-        """After a run: move aside the untrusted files of ``scores/`` and ``proxy/`` that no planned shard names."""
-        names = {(sh.folder, sh.filename) for sh in planned}
-        for folder in (SCORES, PROXY):
-            for f in sorted((self.root / folder).glob("*.parquet")):
-                if (folder, f.name) not in names:
-                    try:
-                        read_shard(f, columns=[])
-                    except BadShard as e:
-                        self.quarantine(f, str(e))
+    def sweep(self, stage_shards: Sequence[Shard]) -> None:
+        """After a stage: move aside the untrusted files of its folder that none of its shards names."""
+        if not stage_shards:
+            return
+        folder = stage_shards[0].folder
+        names = {sh.filename for sh in stage_shards}
+        for f in sorted((self.root / folder).glob("*.parquet")):
+            if f.name not in names:
+                try:
+                    read_shard(f, columns=[])
+                except BadShard as e:
+                    self.quarantine(f, str(e))
 
     def write(self, shard: Shard, table) -> Path:
         """``table`` (pyarrow) as the shard's file, sealed with its row count and checksum: staged, fsynced,
