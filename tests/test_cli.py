@@ -209,11 +209,14 @@ def test_every_output_gets_the_umask_mode_and_a_rerun_removes_what_it_no_longer_
     modes = _modes(out)
     assert {"report.json", "best.png", "worst.png", "grid.png", "histogram.png"} <= set(modes)
     assert set(modes.values()) == {0o644}, modes  # umask 022: what open() gives (mkstemp's 0600 before)
-    # the same --out with --grid 0: the earlier grid.png goes (the folder holds what its report.json describes)
+    # the same --out with --grid 0: the earlier grid.png goes (the folder holds what its report.json describes), and
+    # so does the temporary file of a report write a kill interrupted (its writer's PID no longer runs)
+    (out / ".report.json.999999999.0123abcd.tmp.json").write_text("{")
     assert main(["select", "--prompt", "a handwritten digit one", "--seeds", "0:4", *DIGITS_FAST, "--grid", "0",
                  "--out", str(out)]) == 0  # fmt: skip
     report = json.loads((out / "report.json").read_text())
     assert "grid" not in report["runs"][0]["images"] and not (out / "grid.png").exists() and (out / "best.png").exists()
+    assert not list(out.glob(".report.json.*"))
     umask(0o027)
     for cmd, extra in (("optimize", ["--iterations", "1"]), ("generate", [])):
         assert main([cmd, "--prompt", "a handwritten digit one", "--seed", "3", *DIGITS_FAST, *extra,
