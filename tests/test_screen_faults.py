@@ -326,3 +326,24 @@ def test_force_starts_over_even_from_a_damaged_manifest(engine, reference, tmp_p
         _run(engine, out)
     assert _run(engine, out, force=True).rows_scored == 16
     _assert_exactly_once_and_equal(out, reference)
+
+
+def test_summary_of_a_read_only_folder_still_prints(engine, tmp_path, monkeypatch, capsys, quiet_env):
+    """``--summary`` of a bank folder the user cannot write (another account's, a read-only mount): the statistics
+    print, and the first line says seed_stats.csv could not be written and why."""
+    from noisefast.cli import main
+
+    out = tmp_path / "run"
+    _run(engine, out)
+    real_open = os.open
+
+    def ro_open(path, flags, *a, **k):
+        if flags & os.O_CREAT and _inside(path, out):
+            raise OSError(errno.EROFS, "Read-only file system", os.fsdecode(path))
+        return real_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(os, "open", ro_open)
+    assert main(["screen", "--summary", str(out)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert f"{out / 'seed_stats.csv'} not written" in first and "read-only file system" in first
+    assert not (out / "seed_stats.csv").exists()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from noisefast.errors import InputError
+from noisefast.errors import InputError, OutputError
 from noisefast.screen.integrity import describe_incomplete, read_stage
 from noisefast.screen.manifest import read_manifest
 from noisefast.screen.shards import PROXY, SCORES
@@ -204,15 +204,20 @@ def print_seed_stats(out_dir, n: int = 10, *, partial: bool = False) -> str:
     from noisefast.atomic import atomic_path
 
     stats = seed_stats(out_dir, partial=partial)
-    with atomic_path(Path(out_dir) / "seed_stats.csv") as tmp:
-        stats.to_csv(tmp, index=False)
+    csv_path = Path(out_dir) / "seed_stats.csv"
+    try:
+        with atomic_path(csv_path) as tmp:
+            stats.to_csv(tmp, index=False)
+        where = f"all in {csv_path}"
+    except OutputError as e:  # a bank folder others own, a read-only mount: the statistics still print
+        where = f"{csv_path} not written ({e})"
     head = f"{'seed':>10} {'mean rank':>10} {'mean s':>8} {'std':>7} {'prompts':>7}"
     fmt = lambda r: (f"{int(r.seed):>10} {r.mean_rank:>10.2f} {r.mean_stability:>8.4f} {r.std_stability:>7.4f} "  # noqa: E731
                      f"{int(r.prompts):>7}")  # fmt: skip
     unfinished = stats.attrs.get("complete") is False
     lines = [f"UNFINISHED RUN ({describe_incomplete(stats.attrs) or 'incomplete'}): ranks from the finished shards "
              f"only"] if unfinished else []  # fmt: skip
-    lines += [f"{len(stats)} seeds ranked across prompts (1 = most stable); all in {Path(out_dir) / 'seed_stats.csv'}",
+    lines += [f"{len(stats)} seeds ranked across prompts (1 = most stable); {where}",
              f"most stable {min(n, len(stats))}:", head] + [fmt(r) for r in stats.head(n).itertuples()]  # fmt: skip
     if len(stats) > n:
         lines += [f"least stable {min(n, len(stats) - n)}:", head] + [fmt(r) for r in stats.tail(min(n, len(stats) - n)).itertuples()]
