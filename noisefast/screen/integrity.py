@@ -35,20 +35,35 @@ class BadShard(Exception):
 
 
 def table_checksum(table) -> str:
-    """SHA-256 (hex) over each column's name, type and values, in column order (schema metadata excluded)."""
-    import pyarrow as pa
+    """SHA-256 (hex) over each column's name, type and values, in column order (schema metadata excluded).
 
+    Values are hashed in a canonical byte form, independent of how pyarrow chunks or slices them: per column the
+    null mask, then for text the lengths (int64) and the UTF-8 bytes, for numbers the little-endian values."""
     h = hashlib.sha256()
     for name, col in zip(table.column_names, table.columns):
         h.update(f"{name}\x00{col.type}\x00{len(col)}\x00".encode())
-        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-            for v in col.to_pylist():
-                b = b"\xff" if v is None else v.encode("utf-8")
-                h.update(len(b).to_bytes(8, "little") + b)
-        else:
-            arr = col.to_numpy()
-            h.update(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes())
+        for part in _canonical(col):
+            h.update(part)
     return h.hexdigest()
+
+
+def _canonical(col) -> list[bytes]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if len(arr) == 0:
+        return []
+    nulls = np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=np.uint8).tobytes()
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        arr = pc.fill_null(arr, "")
+        width = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+        offsets = np.frombuffer(arr.buffers()[1], dtype=width)[arr.offset : arr.offset + len(arr) + 1]
+        data = arr.buffers()[2]
+        body = b"" if data is None else memoryview(data)[int(offsets[0]) : int(offsets[-1])].tobytes()
+        return [nulls, np.diff(offsets).astype("<i8").tobytes(), body]
+    values = arr.to_numpy(zero_copy_only=False)
+    return [nulls, np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes()]
 
 
 def seal(table, shard_id: str, stage: str):
