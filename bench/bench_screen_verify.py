@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import machine_info  # noqa: E402
+from noisefast.bench.machine import load_average, machine_info, now_iso, versions
 
 
 def write_shards(folder: Path, n: int, rows: int) -> None:
@@ -68,13 +67,15 @@ def main() -> None:
                 assert table.num_rows == a.shards * a.rows
     rows = a.shards * a.rows
     extra_us = (best["read_stage (verified)"] - best["pyarrow.dataset (plain)"]) / rows * 1e6
-    res = {"command": " ".join(["python", "bench/bench_screen_verify.py", *sys.argv[1:]]), "machine": machine_info(),
+    res = {"command": " ".join(["python", "bench/bench_screen_verify.py", *sys.argv[1:]]),
+           "date": now_iso(), "machine": machine_info() | {"versions": versions()}, "load_average": load_average(),
            "shards": a.shards, "rows_per_shard": a.rows, "best_of": a.repeats, "best_s": best,
            "verification_us_per_row": round(extra_us, 3)}  # fmt: skip
     Path(a.out + ".json").write_text(json.dumps(res, indent=1) + "\n")
-    m = res["machine"]
+    m, load = res["machine"], res["load_average"]
     md = [f"Verified reads of a screening folder: {a.shards} shards × {a.rows} rows ({rows} rows), best of {a.repeats}; "
-          f"{m['date']}; {m['cpu']} ({m['cpu_count']} cores), load average {m['load_average_1m']:.1f}.", "",
+          f"{res['date']}; {m.get('cpu')} ({m.get('cores')} cores), load average "
+          f"{f'{load[0]:.1f}' if load else 'unknown'}.", "",
           "| reader | seconds | µs/row |", "|---|---:|---:|"]
     md += [f"| {k} | {v:.3f} | {v / rows * 1e6:.2f} |" for k, v in best.items()]
     md += ["", f"Verification adds {extra_us:.2f} µs per row read (command: `{res['command']}`)."]

@@ -261,7 +261,7 @@ def _wait_until_torch_loads(pid: int, timeout: float = 60.0) -> None:
         time.sleep(0.005)
 
 
-@pytest.mark.parametrize("command", ["select", "score", "optimize", "generate", "screen", "export", "serve"])
+@pytest.mark.parametrize("command", ["select", "score", "optimize", "generate", "screen", "export", "serve", "bench"])
 def test_ctrl_c_in_the_first_second_is_one_line_and_exit_130(command, tmp_path):
     """SIGINT 0.3 s after start (and once torch is being imported): one line, exit 130, for every subcommand."""
     import signal
@@ -269,7 +269,7 @@ def test_ctrl_c_in_the_first_second_is_one_line_and_exit_130(command, tmp_path):
 
     args = {"screen": ["--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "o")],
             "export": ["--model", "builtin:digits", "--out", str(tmp_path / "o")],
-            "serve": ["--port", "0"]}.get(command, ["--prompt", "a handwritten digit one", "--out", str(tmp_path / "o")])  # fmt: skip
+            "serve": ["--port", "0"], "bench": ["kernels", "--quick", "--json", str(tmp_path / "b.json")]}.get(command, ["--prompt", "a handwritten digit one", "--out", str(tmp_path / "o")])  # fmt: skip
     (tmp_path / "p.txt").write_text("a handwritten digit one\n")
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-m", "noisefast.cli", command, *args], stdout=subprocess.PIPE,

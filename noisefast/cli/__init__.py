@@ -1,4 +1,4 @@
-"""The ``noisefast`` command: ``noisefast {score,select,optimize,generate,export,serve,screen} [options]``.
+"""The ``noisefast`` command: ``noisefast {score,select,optimize,generate,export,serve,screen,bench} [options]``.
 
 Each subcommand is a module of this package exposing ``COMMAND`` (a `noisefast.cli.args.Command`: help
 text, ``add_arguments(parser)``, ``run(args) -> exit code``), registered in `noisefast.cli.parser.COMMANDS`; it runs

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {  # name → (module holding COMMAND, on
     "export": ("noisefast.cli.export", "export a model's UNet to ONNX"),
     "serve": ("noisefast.cli.serve", "serve the four algorithms over HTTP"),
     "screen": ("noisefast.cli.screen", "screen many prompts × many seeds into a resumable Parquet dataset"),
+    "bench": ("noisefast.cli.bench", "measure noisefast against the diffusers users, on a model, a device or a server"),
 }
 
 
