@@ -28,7 +28,7 @@ import torch
 
 from noisefast.denoisers.base import Condition, Denoiser
 from noisefast.progress import ProgressFn
-from noisefast.schedule import DDIMSchedule
+from noisefast.flow_schedule import Schedule
 from noisefast.seeds import noise_from_seeds
 from noisefast.stability import stability_score
 from noisefast.transform import denoise
@@ -81,7 +81,7 @@ class RowScorer:
     def __init__(
         self,
         den: Denoiser,
-        sched: DDIMSchedule,
+        sched: Schedule,
         *,
         shape: tuple[int, ...],  # per-sample latent shape (C, H, W)
         guidance_scale: float,

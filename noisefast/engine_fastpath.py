@@ -79,9 +79,8 @@ class GraphCache:
             scorer = self.scorers.get(key)
             if scorer is None:
                 e = self.engine
-                scorer = GraphedScorer(e.den, e.schedule(s), cond, rows, e.latent_shape(s), s.guidance_scale,
-                                       s.inversion_guidance_scale, dtype=e.dtype, device=e.device,
-                                       pinned=bool(e.fast_path.pinned))  # fmt: skip
+                scorer = GraphedScorer(e.den, e.schedule(s), cond, rows, e.latent_shape(s), *e.guidance_scales(s),
+                                       dtype=e.dtype, device=e.device, pinned=bool(e.fast_path.pinned))  # fmt: skip
                 self.scorers[key] = scorer
             return scorer(noise, cond)
 

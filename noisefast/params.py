@@ -112,12 +112,15 @@ def _params(*ps: Param) -> dict[str, Param]:
 
 
 SETTINGS = _params(
-    Param("height", int, "image height in pixels (a multiple of the model's spatial factor: 8 for SDXL)", 1),
-    Param("width", int, "image width in pixels (a multiple of the model's spatial factor: 8 for SDXL)", 1),
-    Param("steps", int, "DDIM denoising steps", 1, MAX_STEPS),
-    Param("inversion_steps", int, "DDIM inversion steps", 1, MAX_STEPS),
-    Param("guidance_scale", float, "classifier-free guidance scale of denoising, in [0, 1000]: > 1 runs CFG; ≤ 1 the "
-          "conditional half alone, as diffusers' pipelines (SDXL-Turbo's 0)", 0.0, MAX_GUIDANCE, flag="--guidance"),
+    Param("height", int, "image height in pixels (a multiple of the model's spatial factor: 8 for SDXL, 16 for SD3/FLUX)",
+          1),
+    Param("width", int, "image width in pixels (a multiple of the model's spatial factor: 8 for SDXL, 16 for SD3/FLUX)",
+          1),
+    Param("steps", int, "denoising steps (DDIM; Euler for SD3/FLUX)", 1, MAX_STEPS),
+    Param("inversion_steps", int, "inversion steps", 1, MAX_STEPS),
+    Param("guidance_scale", float, "guidance scale of denoising, in [0, 1000]: > 1 runs CFG; ≤ 1 the conditional half "
+          "alone, as diffusers' pipelines (SDXL-Turbo's 0); FLUX.1-dev: the embedded guidance", 0.0, MAX_GUIDANCE,
+          flag="--guidance"),
     Param("inversion_guidance_scale", float,
           "inversion guidance w_i: m = m_u + w_i·(m_c − m_u) for every w_i; 1 = conditional (the paper's default), "
           "0 = unconditional (Z-Sampling), other values run both halves", -MAX_GUIDANCE, MAX_GUIDANCE,

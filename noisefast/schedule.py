@@ -68,17 +68,15 @@ class Move:
     alpha_from: float
     alpha_to: float
 
+    @property
+    def coefficients(self) -> tuple[float, float]:
+        """The coefficient pair `noisefast.ops.ddim_move` takes: (ᾱ_from, ᾱ_to)."""
+        return (self.alpha_from, self.alpha_to)
 
-@dataclass(frozen=True, eq=False)
-class DDIMSchedule:
-    """The denoising and inversion moves of a DDIM schedule (η = 0)."""
 
-    alphas_cumprod: torch.Tensor  # [T] float64 (holding diffusers' float32 values): t → ᾱ_t
-    denoise_moves: tuple[Move, ...]
-    invert_moves: tuple[Move, ...]
-    prediction_type: str  # "epsilon" or "v_prediction"
-    clip_sample_range: float | None  # None when clip_sample is off
-    config: Mapping  # the resolved DDIM config (defaults filled in, overrides applied)
+class ScheduleMoves:
+    """What every schedule (`DDIMSchedule`, `noisefast.flow_schedule.FlowSchedule`) says about its moves: the
+    subclass holds ``denoise_moves`` and ``invert_moves``, each move with its timestep ``t``."""
 
     @property
     def num_steps(self) -> int:
@@ -89,14 +87,27 @@ class DDIMSchedule:
         return len(self.invert_moves)
 
     @property
-    def denoise_timesteps(self) -> tuple[int, ...]:
-        """``DDIMScheduler.timesteps`` after ``set_timesteps(num_steps)`` (descending)."""
+    def denoise_timesteps(self) -> tuple:
+        """The scheduler's ``timesteps`` after ``set_timesteps(num_steps)`` (descending)."""
         return tuple(m.t for m in self.denoise_moves)
 
     @property
-    def invert_timesteps(self) -> tuple[int, ...]:
-        """``DDIMInverseScheduler.timesteps`` after ``set_timesteps(num_inversion_steps)`` (ascending)."""
+    def invert_timesteps(self) -> tuple:
+        """Where the inversion evaluates the model, move by move (ascending)."""
         return tuple(m.t for m in self.invert_moves)
+
+
+@dataclass(frozen=True, eq=False)
+class DDIMSchedule(ScheduleMoves):
+    """The denoising and inversion moves of a DDIM schedule (η = 0); ``invert_timesteps`` are
+    ``DDIMInverseScheduler.timesteps`` after ``set_timesteps(num_inversion_steps)``."""
+
+    alphas_cumprod: torch.Tensor  # [T] float64 (holding diffusers' float32 values): t → ᾱ_t
+    denoise_moves: tuple[Move, ...]
+    invert_moves: tuple[Move, ...]
+    prediction_type: str  # "epsilon" or "v_prediction"
+    clip_sample_range: float | None  # None when clip_sample is off
+    config: Mapping  # the resolved DDIM config (defaults filled in, overrides applied)
 
     @classmethod
     def from_config(cls, config, num_steps: int, num_inversion_steps: int | None = None, **overrides) -> "DDIMSchedule":

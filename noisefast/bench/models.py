@@ -142,8 +142,8 @@ def load_model(config: EngineConfig, workdir):
 
     arch = arch_of(config)
     if arch is None:
-        return load(config.model, device=config.device, dtype=config.dtype, variant=config.variant,
-                    family=config.family)  # fmt: skip
+        return require_unet(load(config.model, device=config.device, dtype=config.dtype, variant=config.variant,
+                                 family=config.family), config.model)  # fmt: skip
     if arch == "tiny":
         from noisefast.testing import tiny_sdxl_pipeline
 
@@ -161,8 +161,20 @@ def open_engine(config: EngineConfig, workdir):
     from noisefast.pipeline import Engine
 
     if arch_of(config) is None:
-        return Engine.from_config(config)
+        engine = Engine.from_config(config)
+        require_unet(engine.model, config.model)
+        return engine
     return Engine(load_model(config, workdir), config)
+
+
+def require_unet(model, name: str):
+    """The bench's users and UNet measurements are UNet pipelines: refuse an SD3/FLUX model in one line."""
+    if model.unet is None:
+        from noisefast.errors import InputError
+
+        raise InputError(f"noisefast bench measures UNet pipelines (SDXL, builtin:NAME, arch:...); {name} is a "
+                         f"{model.kind.upper()} transformer — measure it with python bench/bench_flow.py")  # fmt: skip
+    return model
 
 
 def engine_record(engine, config: EngineConfig) -> dict:

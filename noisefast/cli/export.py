@@ -1,4 +1,4 @@
-"""``noisefast export``: write a model's UNet as ONNX (for ``--backend onnxruntime`` / ``tensorrt``)."""
+"""``noisefast export``: write a model's UNet (or SD3 transformer) as ONNX (for ``--backend onnxruntime`` / ``tensorrt``)."""
 
 from __future__ import annotations
 
@@ -61,4 +61,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMAND = Command("export a model's UNet to ONNX (for --backend onnxruntime / tensorrt)", add_arguments, run)
+COMMAND = Command("export a model's UNet or SD3 transformer to ONNX (for --backend onnxruntime / tensorrt)",
+                  add_arguments, run)

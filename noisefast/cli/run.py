@@ -152,7 +152,8 @@ class Run:
             d, s = self.report["model"], self.settings
             print(f"noisefast {self.report['command']} · {d['model']} ({d['family']}, {d['device']} {d['dtype']}, "
                   f"{d['backend']}) · "
-                  f"DDIM {s.steps} steps + {s.inversion_steps} inversion steps, guidance {s.guidance_scale:g} "
+                  f"{d['sampler']} {s.steps} steps + {s.inversion_steps} inversion steps, "
+                  f"guidance {s.guidance_scale:g}{' (embedded)' if d['guidance'] == 'embedded' else ''} "
                   f"(inversion {describe_inversion_guidance(s.inversion_guidance_scale)}), {s.width}×{s.height}")  # fmt: skip
             for line in summary_lines:
                 print(line)

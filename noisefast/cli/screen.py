@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     s, t = res.summary, res.summary["timings"]
     st = s["settings"]
-    print(f"noisefast screen · {s['model']} · DDIM {st['steps']} + {st['inversion_steps']} steps, guidance "
+    print(f"noisefast screen · {s['model']} · {st['steps']} + {st['inversion_steps']} steps, guidance "
           f"{st['guidance_scale']:g} (inversion {st['inversion_guidance_scale']:g}), {st['width']}×{st['height']}"
           + (f" · cascade {s['cascade']['proxy_steps']}+{s['cascade']['proxy_steps']} → top {s['cascade']['rescore_top']}"
              if s.get("cascade") else ""))  # fmt: skip

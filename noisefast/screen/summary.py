@@ -172,7 +172,7 @@ def markdown(summary: dict, k: int) -> str:
     lines = [
         f"# noisefast screen: {summary.get('model')}",
         "",
-        f"DDIM {s.get('steps')} + {s.get('inversion_steps')} steps, guidance {s.get('guidance_scale')} "
+        f"{s.get('steps')} + {s.get('inversion_steps')} steps, guidance {s.get('guidance_scale')} "
         f"(inversion {s.get('inversion_guidance_scale')}), {s.get('width')}×{s.get('height')}; "
         f"settings hash `{(summary.get('settings_hash') or '')[:16]}`",
         "",
