@@ -22,6 +22,11 @@ DEFAULT_BATCH_SIZE = 8
 # the 2-core CPU, 100 seeds at 10+10 steps: 11.0 s at 8 rows, 5.6 s at 32, 4.2 s at 100 (2026-12-04).
 PIXEL_BATCH_SIZE = 64
 
+# The server: what one request may cost (rows × UNet calls × latent pixels; noisefast.serve.cost explains the count).
+# 600,000 ≈ the default optimize call on builtin:digits (579,840); SDXL needs it raised (2,457,600 per 1024² seed);
+# bench/serve_cost.py measures seconds per unit.
+DEFAULT_MAX_COST = 600_000
+
 # The screening job: rows per shard — what a kill can lose, and the unit Ray hands out.
 DEFAULT_SHARD_SIZE = 1024
 
@@ -72,6 +77,7 @@ __all__ = [
     "DEFAULT_INVERSION_GUIDANCE_SCALE",
     "DEFAULT_ITERATIONS",
     "DEFAULT_LR",
+    "DEFAULT_MAX_COST",
     "DEFAULT_MOMENTUM",
     "DEFAULT_NUM_CANDIDATES",
     "DEFAULT_SHARD_SIZE",

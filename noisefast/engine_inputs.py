@@ -17,11 +17,11 @@ def engine_seeds(seeds, unique: bool = True) -> list[int]:
     try:
         seeds = check_seeds(seeds)
     except (TypeError, ValueError) as e:
-        raise InputError(str(e)) from None
+        raise InputError(str(e), field="seeds") from None
     if not seeds:
-        raise InputError("seeds is empty")
+        raise InputError("seeds is empty", field="seeds")
     if unique and len(set(seeds)) != len(seeds):
-        raise InputError("a seed is listed twice")
+        raise InputError("a seed is listed twice", field="seeds")
     return seeds
 
 
@@ -45,11 +45,12 @@ def check_latents(latents, shape: tuple[int, ...], size: str) -> torch.Tensor:
     """Given noise (``latents=`` / ``noise=``): a finite floating-point [B, *shape] tensor with B ≥ 1."""
     if not isinstance(latents, torch.Tensor) or latents.ndim != 4 or tuple(latents.shape[1:]) != tuple(shape):
         got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
-        raise InputError(f"noise must be [B, {', '.join(map(str, shape))}] for {size} (latents= or noise=), got {got}")
+        raise InputError(f"noise must be [B, {', '.join(map(str, shape))}] for {size} (latents= or noise=), got {got}",
+                         field="noise")  # fmt: skip
     if not latents.is_floating_point() or not bool(torch.isfinite(latents).all()):
-        raise InputError("noise (latents=) must be a floating-point tensor of finite values")
+        raise InputError("noise (latents=) must be a floating-point tensor of finite values", field="noise")
     if len(latents) == 0:
-        raise InputError("noise (latents=) holds no rows")
+        raise InputError("noise (latents=) holds no rows", field="noise")
     return latents
 
 

@@ -62,21 +62,22 @@ class Param:
         hi = self.hi if hi is None else hi
         if self.kind is bool:
             if not isinstance(value, bool):
-                raise InputError(f"{self.name} must be true or false, got {value!r}")
+                raise InputError(f"{self.name} must be true or false, got {value!r}", field=self.name)
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)) and not _is_index(value):
-            raise InputError(f"{self.name} must be {'an integer' if self.kind is int else 'a number'}, got {value!r}")
+            raise InputError(f"{self.name} must be {'an integer' if self.kind is int else 'a number'}, got {value!r}",
+                             field=self.name)  # fmt: skip
         if self.kind is int:
             if isinstance(value, float):  # 8.0 is not an integer here (JSON front ends decide on their own)
-                raise InputError(f"{self.name} must be an integer, got {value!r}")
+                raise InputError(f"{self.name} must be an integer, got {value!r}", field=self.name)
             value = operator.index(value)
         else:
             value = float(value)
             if not math.isfinite(value):
-                raise InputError(f"{self.name} must be finite, got {value}")
+                raise InputError(f"{self.name} must be finite, got {value}", field=self.name)
         too_low = self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo)
         if too_low or (hi is not None and value > hi):
-            raise InputError(f"{self.name} must be in {self.range_text(hi)}, got {value:g}")
+            raise InputError(f"{self.name} must be in {self.range_text(hi)}, got {value:g}", field=self.name)
         return value
 
     def arg_type(self, *, hi: float | None = None):

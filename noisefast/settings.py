@@ -62,7 +62,7 @@ def resolve_settings(defaults: ModelDefaults, size_multiple: int, size_reason: s
     s = Settings(**values)
     for name in ("height", "width"):
         if getattr(s, name) % size_multiple:
-            raise InputError(f"{name}={getattr(s, name)} is not a multiple of {size_multiple} ({size_reason})")
+            raise InputError(f"{name}={getattr(s, name)} is not a multiple of {size_multiple} ({size_reason})", field=name)
     return s
 
 

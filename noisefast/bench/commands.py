@@ -279,7 +279,7 @@ def serve(args) -> schema.Run:
             config = EngineConfig.from_cli_args(args)
             run.result["options"]["engine_config"] = config.as_dict()
             server = ["--max-wait-ms", str(args.max_wait_ms), "--max-queue", "1000000", "--timeout", "3600",
-                      "--max-seeds", str(max(1024, k))]  # fmt: skip
+                      "--max-seeds", str(max(1024, k)), "--max-cost", str(2**62)]  # a load test, not a cost limit  # fmt: skip
             with run.part("start the server"):
                 proc, url = sv.start_server(config, server, timeout_s=args.server_timeout)
             if proc is None:

@@ -149,7 +149,7 @@ async def load(url: str, endpoint: str, concurrency: int, *, k: int, settings: d
             while time.monotonic() < window["end"] and len(lat) + sum(errors.values()) < max_requests:
                 start = rng.randrange(0, 1_000_000)
                 text = prompt or f"a handwritten digit {rng.choice(NAMES)}"
-                payload = {"prompt": text, "seeds": {"start": start, "stop": start + k}, "settings": settings}
+                payload = {"prompt": text, "seeds": {"start": start, "count": k}, "settings": settings}
                 t = time.monotonic()
                 try:
                     r = await client.post(target, json=payload)
