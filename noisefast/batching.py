@@ -139,12 +139,13 @@ class RowScorer:
             scores = stability_score(self.den, self.sched, noise, cond, self.guidance_scale, self.inversion_guidance_scale)
         return scores[:n].float().cpu()
 
-    def denoise(self, rows: Sequence[Row]) -> tuple[torch.Tensor, torch.Tensor]:  # (ε, x₀), each [len(rows), *shape]
-        """D(ε) of every row (generation): the same packing and buckets as scoring, the denoising moves only."""
+    def denoise(self, rows: Sequence[Row], on_move=None) -> tuple[torch.Tensor, torch.Tensor]:  # (ε, x₀), each [len(rows), *shape]
+        """D(ε) of every row (generation): the same packing and buckets as scoring, the denoising moves only;
+        ``on_move()`` after each denoising step."""
         n = len(rows)
         noise, cond = self.pack(self._padded(rows))
         with torch.inference_mode():
-            x0 = denoise(self.den, self.sched, noise, cond, self.guidance_scale)
+            x0 = denoise(self.den, self.sched, noise, cond, self.guidance_scale, on_move=on_move)
         return noise[:n], x0[:n]
 
 

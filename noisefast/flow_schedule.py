@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from noisefast.schedule import DDIMSchedule, ScheduleMoves, _as_mapping
+from noisefast.schedule import MAX_TRAIN_TIMESTEPS, DDIMSchedule, ScheduleMoves, _as_mapping
 
 # FlowMatchEulerDiscreteScheduler.__init__ defaults (diffusers 0.42).
 FLOW_DEFAULTS = dict(
@@ -221,8 +221,9 @@ def resolve_flow_config(config, overrides: Mapping | None = None) -> dict:
     if cfg["time_shift_type"] not in ("exponential", "linear"):
         raise ValueError(f"time_shift_type must be 'exponential' or 'linear', got {cfg['time_shift_type']!r}")
     if isinstance(cfg["num_train_timesteps"], bool) or not isinstance(cfg["num_train_timesteps"], int) \
-            or cfg["num_train_timesteps"] < 1:
-        raise ValueError(f"num_train_timesteps must be a positive int, got {cfg['num_train_timesteps']!r}")
+            or not 1 <= cfg["num_train_timesteps"] <= MAX_TRAIN_TIMESTEPS:  # 10**10 would be a 80 GB sigma table
+        raise ValueError(f"num_train_timesteps must be an int in [1, {MAX_TRAIN_TIMESTEPS}], got "
+                         f"{cfg['num_train_timesteps']!r}")  # fmt: skip
     shift = cfg["shift"]
     if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not (math.isfinite(shift) and shift > 0):
         raise ValueError(f"shift must be a positive finite number, got {shift!r}")

@@ -140,6 +140,28 @@ def read_json(path: Path, what: str) -> dict:
     return data
 
 
+def check_scheduler_config(path: Path, kind: str) -> None:
+    """The model's scheduler config must be one its sampler takes, within range (`noisefast.schedule`'s checks for
+    DDIM — num_train_timesteps ≤ 100000, betas in [0, 1], ... —, `noisefast.flow_schedule`'s for SD3/FLUX): a
+    `ModelError` naming the file, before diffusers allocates its tables (num_train_timesteps = 10**10: 40 GB)."""
+    if not path.is_file():
+        return  # diffusers names the missing component
+    try:
+        cfg = read_json(path, "the scheduler config")
+        if kind in FLOW_KINDS:
+            from noisefast.flow_schedule import resolve_flow_config
+
+            resolve_flow_config(cfg)
+        else:
+            from noisefast.schedule import alphas_cumprod, resolve_config
+
+            alphas_cumprod(resolve_config(cfg))
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ModelError):
+            raise
+        raise ModelError(f"{path} (the scheduler config): {e}") from None
+
+
 def detect_kind(folder: Path) -> str:
     """``"pixel"`` for a noisefast model folder, ``"sdxl"`` for an SDXL pipeline, ``"sd3"`` / ``"flux"`` for an
     SD3 / FLUX pipeline; anything else is an error."""
@@ -227,6 +249,7 @@ def load_model(
     dev = resolve_device(device)
     folder = resolve_folder(spec, variant=variant)
     kind = detect_kind(folder)
+    check_scheduler_config(folder / "scheduler" / "scheduler_config.json", kind)  # before diffusers builds it
     dt = resolve_dtype(dtype, dev, kind)
     if kind == "pixel":
         if variant is not None:
@@ -308,18 +331,35 @@ def _load_pixel(spec, folder, device, dtype, family) -> LoadedModel:
 
     if family not in (None, "pixel"):
         raise ModelError(f"{spec} is a pixel-space noisefast model; family {family!r} does not apply")
+    card = read_json(folder / PIXEL_MODEL_FILE, "the model card")  # a JSON object, or a ModelError naming the file
+    if card.get("kind") != "pixel":
+        raise ModelError(f"{folder / PIXEL_MODEL_FILE} has kind {card.get('kind')!r}; this version reads 'pixel'")
+    try:
+        defaults = _pixel_defaults(card)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        what = f"lacks {e}" if isinstance(e, KeyError) else f"holds a value of the wrong type ({e})"
+        raise ModelError(f"{folder / PIXEL_MODEL_FILE} (the model card) {what}") from None
     try:
         parts = load_model_folder(folder)
     except Exception as e:  # missing/corrupt files surface as OSError, ValueError, SafetensorError, KeyError...
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ModelError(f"could not load the noisefast model in {folder}: {type(e).__name__}: {first}") from e
-    card = parts.config
-    if card.get("kind") != "pixel":
-        raise ModelError(f"{folder / PIXEL_MODEL_FILE} has kind {card.get('kind')!r}; this version reads 'pixel'")
     for m in (parts.unet, parts.text_encoder):
         m.to(device) if m.dtype == dtype else m.to(device=device, dtype=dtype)  # saved in fp32: cast only if asked
         m.eval().requires_grad_(False)
-    defaults = ModelDefaults(
+    sched_cfg = dict(parts.scheduler.config)
+    return LoadedModel(
+        kind="pixel", source=spec, folder=folder, defaults=defaults, unet=parts.unet, vae=None,
+        encoder=CLIPPromptEncoder(parts.tokenizer, parts.text_encoder, str(card.get("negative_prompt") or "")),
+        scheduler_config=sched_cfg, device=device, dtype=dtype, spatial_factor=1, card=card,
+        arch=UNetArchitecture("pixel", parts.unet, sched_cfg, 1),
+    )  # fmt: skip
+
+
+def _pixel_defaults(card: dict) -> ModelDefaults:
+    """A pixel model's defaults from its card (``noisefast_model.json``)."""
+    opt = card.get("default_optimize", {})
+    return ModelDefaults(
         family="pixel",
         height=int(card["height"]),
         width=int(card["width"]),
@@ -327,15 +367,8 @@ def _load_pixel(spec, folder, device, dtype, family) -> LoadedModel:
         inversion_steps=int(card["default_inversion_steps"]),
         guidance_scale=float(card["default_guidance_scale"]),
         inversion_guidance_scale=float(card["default_inversion_guidance_scale"]),
-        optimize_lr=float(card.get("default_optimize", {}).get("lr", DEFAULT_LR)),
-        optimize_renorm=bool(card.get("default_optimize", {}).get("renorm", False)),
+        optimize_lr=float(opt.get("lr", DEFAULT_LR)),
+        optimize_renorm=bool(opt.get("renorm", False)),
         max_side=int(card.get("max_side", PIXEL_MAX_SIDE)),
         batch_size=int(card.get("default_batch_size", PIXEL_BATCH_SIZE)),
     )
-    sched_cfg = dict(parts.scheduler.config)
-    return LoadedModel(
-        kind="pixel", source=spec, folder=folder, defaults=defaults, unet=parts.unet, vae=None,
-        encoder=CLIPPromptEncoder(parts.tokenizer, parts.text_encoder, card.get("negative_prompt", "")),
-        scheduler_config=sched_cfg, device=device, dtype=dtype, spatial_factor=1, card=card,
-        arch=UNetArchitecture("pixel", parts.unet, sched_cfg, 1),
-    )  # fmt: skip

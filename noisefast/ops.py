@@ -34,7 +34,7 @@ from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from noisefast import _ext, ref
-from noisefast.op_args import FINITE, POSITIVE, UNIT, UNIT_EPS_FROM, acc_dtype, check_tensors, coef
+from noisefast.op_args import FINITE, POSITIVE, UNIT, UNIT_EPS_FROM, acc_dtype, check_no_overlap, check_tensors, coef
 
 __all__ = ["cosine_similarity", "ddim_move", "momentum_step_"]
 
@@ -305,10 +305,8 @@ def momentum_step_(
     """v ← μ·v + g;  x ← x − lr·v  (Nesterov: x ← x − lr·(g + μ·v)); optionally x ← x·ρ/‖x‖. Returns x."""
     op = "momentum_step_"
     check_tensors(op, 1, x=x, grad=grad, velocity=velocity)
-    if not torch.compiler.is_compiling() and x.numel():
-        px, pg, pv = x.data_ptr(), grad.data_ptr(), velocity.data_ptr()
-        if px == pg or px == pv or pg == pv:
-            raise ValueError(f"{op}: x, grad and velocity must not share memory (data pointers {px}, {pg}, {pv})")
+    if not torch.compiler.is_compiling() and x.numel():  # refused before anything is written: no half-applied step
+        check_no_overlap(op, ("x", "velocity"), x=x, grad=grad, velocity=velocity)
     if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
         raise TypeError(f"{op}: momentum must be a float, got {type(momentum).__name__}")
     if not math.isfinite(momentum):

@@ -23,6 +23,9 @@ from noisefast.errors import InputError
 
 SEED_LIMIT = 2**63  # seeds are ints in [0, 2**63) (what torch.Generator.manual_seed takes)
 MAX_GUIDANCE = 1e3  # |w| above this: m_u + w·(m_c − m_u) leaves fp16 range for ordinary model outputs
+# The denoising scale is in [0, MAX_GUIDANCE]: diffusers runs CFG only above 1, so every w_d ≤ 1 is the conditional
+# half alone and a negative one would silently mean the same as 0. The inversion scale w_i keeps [−1000, 1000]:
+# m = m_u + w_i·(m_c − m_u) is defined for every w_i (w_i < 0 pushes away from the prompt).
 MAX_STEPS = 1000  # DDIM steps cannot exceed the training timesteps (1000 for every model here)
 MAX_BATCH = 4096  # rows per UNet batch
 MAX_ITERATIONS = 100_000  # Algorithm 2's gradient steps per call
@@ -116,8 +119,9 @@ SETTINGS = _params(
           1),
     Param("steps", int, "denoising steps (DDIM; Euler for SD3/FLUX)", 1, MAX_STEPS),
     Param("inversion_steps", int, "inversion steps", 1, MAX_STEPS),
-    Param("guidance_scale", float, "classifier-free guidance scale of denoising (> 1 runs CFG)", -MAX_GUIDANCE,
-          MAX_GUIDANCE, flag="--guidance"),
+    Param("guidance_scale", float, "guidance scale of denoising, in [0, 1000]: > 1 runs CFG; ≤ 1 the conditional half "
+          "alone, as diffusers' pipelines (SDXL-Turbo's 0); FLUX.1-dev: the embedded guidance", 0.0, MAX_GUIDANCE,
+          flag="--guidance"),
     Param("inversion_guidance_scale", float,
           "inversion guidance w_i: m = m_u + w_i·(m_c − m_u) for every w_i; 1 = conditional (the paper's default), "
           "0 = unconditional (Z-Sampling), other values run both halves", -MAX_GUIDANCE, MAX_GUIDANCE,

@@ -40,7 +40,7 @@ from noisefast.decode import decode_latents
 from noisefast.defaults import DEFAULT_BATCH_SIZE, ModelDefaults
 from noisefast.denoisers.base import Condition
 from noisefast.denoisers.guidance import needs_negative
-from noisefast.engine_inputs import candidate_seeds, check_latents, engine_seeds
+from noisefast.engine_inputs import candidate_seeds, check_latents, check_prompt, engine_seeds
 from noisefast.engine_fastpath import GraphCache, apply_threads, usable_fast_path
 from noisefast.engine_results import Generation, Optimization, OptimizationInterrupted
 from noisefast.errors import InputError, LimitError
@@ -48,7 +48,7 @@ from noisefast.flow_schedule import Schedule
 from noisefast.loading import LoadedModel, load_model, model_from_pipe
 from noisefast.optimize import optimize_noise
 from noisefast.params import OPTIMIZE
-from noisefast.progress import ProgressFn
+from noisefast.progress import ProgressFn, step_counter
 from noisefast.selection import Selection, select_many, select_one
 from noisefast.settings import Settings, check_fits_memory, resolve_settings
 
@@ -205,10 +205,7 @@ class Engine:
         """The condition (batch 1) for ``prompt``, encoded once and cached; the unconditional half is encoded
         only when some step of ``settings`` runs it (`needs_negative`)."""
         s = settings or self.settings()
-        if not isinstance(prompt, str):
-            raise InputError(f"prompt must be a string, got {type(prompt).__name__}")
-        if negative_prompt is not None and not isinstance(negative_prompt, str):
-            raise InputError(f"negative_prompt must be a string or None, got {type(negative_prompt).__name__}")
+        check_prompt(prompt, negative_prompt)
         key = (prompt, negative_prompt, s.height, s.width, self._with_negative(s))
         cond = self._conditions.get(key)
         if cond is None:
@@ -370,14 +367,17 @@ class Engine:
     # --- generation and decoding -----------------------------------------------------------------------------
     def generate(self, prompt: str | None = None, seeds=None, *, latents: torch.Tensor | None = None, noise=None,
                  negative_prompt: str | None = None, condition: Condition | None = None, decode: bool = True,
-                 progress: ProgressFn | None = None, settings: Settings | None = None, **overrides) -> Generation:  # fmt: skip
+                 progress: ProgressFn | None = None, step_progress: ProgressFn | None = None,
+                 settings: Settings | None = None, **overrides) -> Generation:  # fmt: skip
         """D(ε): the denoising loop (DDIM, or flow Euler) from each seed's noise (or each row of ``latents``), decoded
-        to images;
-        ``progress(images_done, total)`` after each batch."""
+        to images; ``progress(images_done, total)`` after each batch, ``step_progress(steps_done, steps_total)`` after
+        each denoising step of each batch (steps_total = batches × steps)."""
         s, job = self._one_job(prompt, seeds, latents, noise, negative_prompt, condition, settings, overrides)
         scorer, eps, x0 = self.scorer(s), [], []
-        for batch in row_batches([job], self.batch_size_for(s)):
-            e, x = scorer.denoise(batch)
+        rows = self.batch_size_for(s)
+        on_move = None if step_progress is None else step_counter(step_progress, -(-len(job.seeds) // rows) * s.steps)
+        for batch in row_batches([job], rows):
+            e, x = scorer.denoise(batch, on_move)
             eps.append(e)
             x0.append(x)
             if progress is not None:

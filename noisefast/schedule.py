@@ -56,6 +56,7 @@ DDIM_DEFAULTS = dict(
     rescale_betas_zero_snr=False,
 )
 SPACINGS = ("leading", "trailing", "linspace")
+MAX_TRAIN_TIMESTEPS = 100_000  # every diffusers model trains on 1000; beyond this a schedule is a mistake (and memory)
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
@@ -200,8 +201,17 @@ def resolve_config(config, overrides: Mapping | None = None) -> dict:
         raise ValueError("dynamic thresholding (thresholding=True) is not supported; it is unsuitable for latent models")
     if cfg["clip_sample"] and not (cfg["clip_sample_range"] > 0 and math.isfinite(cfg["clip_sample_range"])):
         raise ValueError(f"clip_sample_range must be a positive finite number, got {cfg['clip_sample_range']!r}")
-    if not isinstance(cfg["num_train_timesteps"], int) or cfg["num_train_timesteps"] < 1:
-        raise ValueError(f"num_train_timesteps must be a positive int, got {cfg['num_train_timesteps']!r}")
+    T = cfg["num_train_timesteps"]
+    if isinstance(T, bool) or not isinstance(T, int) or not 1 <= T <= MAX_TRAIN_TIMESTEPS:
+        raise ValueError(f"num_train_timesteps must be an int in [1, {MAX_TRAIN_TIMESTEPS}], got {T!r}")
+    for key in ("beta_start", "beta_end"):
+        v = cfg[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+            raise ValueError(f"{key} must be a number in [0, 1] (a β_t, with ᾱ_t = ∏(1 − β_s)), got {v!r}")
+    betas = cfg["trained_betas"]
+    if betas is not None and (not isinstance(betas, (list, tuple, np.ndarray, torch.Tensor)) or len(betas) != T):
+        got = f"{len(betas)} entries" if hasattr(betas, "__len__") else type(betas).__name__
+        raise ValueError(f"trained_betas must be a list of num_train_timesteps={T} numbers, got {got}")
     return cfg
 
 
@@ -222,6 +232,10 @@ def alphas_cumprod(cfg: Mapping) -> torch.Tensor:  # [T] float32
         raise ValueError(
             f"beta_schedule must be 'linear', 'scaled_linear' or 'squaredcos_cap_v2', got {cfg['beta_schedule']!r}"
         )
+    bad = ~(torch.isfinite(betas) & (betas >= 0) & (betas <= 1))
+    if bool(bad.any()):  # ᾱ > 1 (β < 0) or a NaN would reach the kernels as √(1 − ᾱ) = NaN
+        t = int(bad.nonzero()[0])
+        raise ValueError(f"betas must be in [0, 1] (ᾱ_t = ∏(1 − β_s) must stay in [0, 1]); β_{t} = {float(betas[t])!r}")
     if cfg["rescale_betas_zero_snr"]:
         betas = _rescale_zero_terminal_snr(betas)
     return torch.cumprod(1.0 - betas, dim=0)
@@ -285,8 +299,16 @@ def _as_mapping(config) -> Mapping:
             path = os.path.join(path, "scheduler_config.json")
         if not os.path.isfile(path):
             raise ValueError(f"no scheduler config at {path!r}")
-        with open(path) as f:
-            return json.load(f)
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"scheduler config {path!r} is not valid JSON ({e})") from None
+        except OSError as e:
+            raise ValueError(f"cannot read the scheduler config {path!r}: {e.strerror or e}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"scheduler config {path!r} must hold a JSON object, got {type(data).__name__}")
+        return data
     cfg = getattr(config, "config", None)
     if isinstance(cfg, Mapping):
         return cfg

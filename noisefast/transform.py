@@ -52,11 +52,12 @@ def denoise(
     max_batch: int | None = None,
     return_intermediates: bool = False,
     checkpoint: bool = False,
+    on_move=None,  # called with no arguments after each denoising move of each chunk (progress)
 ):  # [B, C, H, W] x₀; with return_intermediates: (x₀, [N+1, B, C, H, W] latents x_T … x₀)
     """D: the denoising loop of ``sched`` (as ``DDIMScheduler`` / ``FlowMatchEulerDiscreteScheduler``), guided with ``guidance_scale`` as
     diffusers' pipeline does (> 1: ``[uncond; cond]``; ≤ 1: the conditional half only)."""
     phases = [("denoise_moves", check_guidance_scale(guidance_scale), DENOISE_RULE)]
-    return _run(den, sched, noise, cond, phases, max_batch, return_intermediates, checkpoint)
+    return _run(den, sched, noise, cond, phases, max_batch, return_intermediates, checkpoint, on_move=on_move)
 
 
 def invert(
@@ -129,7 +130,7 @@ def check_max_batch(max_batch) -> int | None:
     return max_batch
 
 
-def _run(den, sched, x, cond, phases, max_batch, return_intermediates, use_checkpoint, name="noise"):
+def _run(den, sched, x, cond, phases, max_batch, return_intermediates, use_checkpoint, name="noise", on_move=None):
     """Validate, then run the phases (schedule attribute naming the moves, guidance) chunk by chunk."""
     check_schedule(sched)
     check_latents(x, den, name)
@@ -152,7 +153,7 @@ def _run(den, sched, x, cond, phases, max_batch, return_intermediates, use_check
             keep = [xc] if return_intermediates else None
             for moves, w, rule in phases:
                 guided = GuidedDenoiser(den, cc, xc.shape[0], w, rule)
-                xc = _run_moves(guided, getattr(sched, moves), xc, sched, keep, checkpointed)
+                xc = _run_moves(guided, getattr(sched, moves), xc, sched, keep, checkpointed, on_move)
             outs.append(xc)
             if keep is not None:
                 trajs.append(torch.stack(keep))
@@ -169,11 +170,14 @@ def _run_moves(
     sched: Schedule,
     keep: list | None,
     checkpointed,  # None, _RecomputedStep.apply or _checkpoint_step
+    on_move=None,
 ) -> torch.Tensor:  # [b, C, H, W]
     for move in moves:
         x = (checkpointed or _step)(guided, move, x, sched)
         if keep is not None:
             keep.append(x)
+        if on_move is not None:
+            on_move()
     return x
 
 

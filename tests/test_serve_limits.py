@@ -122,7 +122,9 @@ def make_bank(folder, engine, prompts, seeds, settings):
         stab = [float(v) for v in engine.score(p, seeds, settings=settings)]
         table = pa.table({"prompt_id": [f"p{i}"] * len(seeds), "prompt": [p] * len(seeds),
                           "seed": pa.array(seeds, pa.int64()), "stability": pa.array(stab, pa.float64())})  # fmt: skip
-        pq.write_table(table, folder / "scores" / f"part-{i}.parquet")
+        from noisefast.screen.integrity import seal  # the bank trusts only shards carrying their checksum (issue 23)
+
+        pq.write_table(seal(table, f"part-{i}", "full"), folder / "scores" / f"part-{i}.parquet")
 
 
 def test_seed_bank_answers_select(engine, tmp_path):

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from noisefast.denoisers.onnx_args import add_export_arguments
+from noisefast.errors import InputError, OutputError
 from noisefast.denoisers.artifacts import replace_dir, sha256_files, temporary_sibling_dir
 from noisefast.errors import BackendUnavailableError
 from noisefast.denoisers.onnx_io import (
@@ -228,8 +229,8 @@ def export_unet_onnx(
     if batch_size < 1 or seq_len < 1:
         raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / META_FILE).is_file():
-        raise ValueError(f"{out_dir} exists and is not a noisefast ONNX export; refusing to replace it")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not (out_dir / META_FILE).is_file():
+        raise OutputError(f"{out_dir} exists and is not a noisefast ONNX export; refusing to replace it (use a new --out)")
 
     # 1. The module, in the export dtype and device (a copy when the caller's differs).
     if not isinstance(unet, torch.nn.Module):
@@ -293,10 +294,12 @@ def export_unet_onnx(
 def run_export(args: argparse.Namespace) -> Path:
     """Run an export from parsed `add_export_arguments` options; prints and returns the model path."""
     if (args.height is None) != (args.width is None):
-        raise ValueError("give both --height and --width, or neither")
+        raise InputError("give both --height and --width, or neither")
     for side in (args.height, args.width):
         if side is not None and side % 8:
-            raise ValueError(f"--height/--width must be multiples of 8 (the VAE factor), got {side}")
+            raise InputError(f"--height/--width must be multiples of 8 (the VAE factor), got {side}")
+    if not str(args.out).strip():
+        raise InputError("--out is empty: name the folder to write the export to")
     latent = (args.height // 8, args.width // 8) if args.height is not None else None
     path = export_unet_onnx(
         args.model, args.out, dtype=EXPORT_DTYPES[args.dtype], device=args.device, latent_size=latent,
