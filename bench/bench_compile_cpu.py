@@ -1,6 +1,6 @@
 """Why ``torch.compile`` loses on the CPU, measured: compilations, warm-up per process, ms per call.
 
-    python -m bench.bench_compile_cpu [--seeds 200] [--json out.json] [--md out.md]
+    python bench/bench_compile_cpu [--seeds 200] [--json out.json] [--md out.md]
 
 builtin:digits, 1 torch thread (the CLI's default), a 200-seed select's rows (64 per batch, guidance 2: UNet calls
 of 128, 64, 16 and 8 rows). Each run is a fresh process, in this order, sharing one inductor cache folder:
@@ -17,12 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
 import time
 
-from bench.common import command_line, machine_info, md_table, summarize, time_round_robin, write_json, write_text
+from noisefast.bench.machine import load_average, machine_info, now_iso, versions
+from noisefast.bench.schema import write
+from noisefast.bench.stats import summarize
+from noisefast.bench.tables import md_table
+from noisefast.bench.timing import time_round_robin
 
 
 def _child(mode: str, seeds: int) -> dict:
@@ -62,9 +67,9 @@ def _child(mode: str, seeds: int) -> dict:
         c = c._map(lambda v: v.contiguous())
         eager = UNetDenoiser(unet)
         with torch.inference_mode():
-            ms = time_round_robin({"compile": lambda: den(x, t, c), "eager": lambda: eager(x, t, c),
+            s = time_round_robin({"compile": lambda: den(x, t, c), "eager": lambda: eager(x, t, c),
                                    "onnxruntime": lambda: ort(x, t, c)}, 15, warmup=2)
-        out["ms_per_call_128_rows"] = {k: summarize(v) for k, v in ms.items()}
+        out["ms_per_call_128_rows"] = {k: summarize([1e3 * x for x in v]) for k, v in s.items()}
     out["load_average_1m"] = os.getloadavg()[0]
     return out
 
@@ -77,7 +82,7 @@ def run(seeds: int) -> list[dict]:
             if mode == "dynamic" and state == "cold":  # a cache without the static graphs
                 env["TORCHINDUCTOR_CACHE_DIR"] = cache + "-dynamic"
             t0 = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-m", "bench.bench_compile_cpu", "--child", mode, "--seeds", str(seeds)],
+            proc = subprocess.run([sys.executable, __file__, "--child", mode, "--seeds", str(seeds)],
                                   env=env, capture_output=True, text=True)  # fmt: skip
             wall = time.perf_counter() - t0
             if proc.returncode:
@@ -99,7 +104,7 @@ def markdown(res: dict) -> str:
     per_call = md_table(["runtime", "ms per call, 128 rows (median)", "min"],
                         [[k, f"{v['median']:.1f}", f"{v['min']:.1f}"] for k, v in steady.items()], "lrr")
     return (f"# torch.compile on the CPU (builtin:digits, 1 thread)\n\n{m['date']} · `{res['command']}` · {m['cpu']} · "
-            f"load average {m['load_average_1m']}\n\n{table}\n\n{per_call}\n")
+            f"load average {m['load_average'][0]}\n\n{table}\n\n{per_call}\n")
 
 
 def main(argv=None) -> int:
@@ -112,13 +117,11 @@ def main(argv=None) -> int:
     if a.child:
         print(json.dumps(_child(a.child, a.seeds)))
         return 0
-    res = {"benchmark": "noisefast.bench_compile_cpu", "command": command_line(), "machine": machine_info(),
+    res = {"benchmark": "noisefast.bench_compile_cpu", "command": "python " + shlex.join(sys.argv),
+           "machine": machine_info() | {"date": now_iso(), "load_average": load_average(), "versions": versions()},
            "runs": run(a.seeds)}
-    if a.json:
-        write_json(a.json, res)
     text = markdown(res)
-    if a.md:
-        write_text(a.md, text)
+    write(res, a.json, a.md, text)
     print(text)
     return 0
 

@@ -1,6 +1,6 @@
 """ONNX Runtime's CPU thread pool under contention: intra-op threads × spin-waiting, idle and beside busy processes.
 
-    python -m bench.bench_ort_threads [--contention 0 1 2] [--rounds 12] [--json out.json] [--md out.md]
+    python bench/bench_ort_threads [--contention 0 1 2] [--rounds 12] [--json out.json] [--md out.md]
 
 Per-call ms of one UNet call (builtin:digits at 128 rows = a guided call of 64 seeds; the tiny SDXL-architecture
 UNet at 16 rows, 8×8 latents), eager torch on 1 thread beside ONNX Runtime sessions with 1 or every core's intra-op
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -21,7 +22,11 @@ from pathlib import Path
 
 import torch
 
-from bench.common import command_line, machine_info, md_table, summarize, time_round_robin, write_json, write_text
+from noisefast.bench.machine import load_average, machine_info, now_iso, versions
+from noisefast.bench.schema import write
+from noisefast.bench.stats import summarize
+from noisefast.bench.tables import md_table
+from noisefast.bench.timing import time_round_robin
 
 
 def _models():
@@ -69,13 +74,13 @@ def run(contention, rounds: int) -> list[dict]:
                     time.sleep(1.0 if n else 0.0)
                     load = os.getloadavg()[0]
                     with torch.inference_mode():
-                        ms = time_round_robin({k: (lambda d=d: d(x, t, cond)) for k, d in ways.items()}, rounds, warmup=2)
+                        sec = time_round_robin({k: (lambda d=d: d(x, t, cond)) for k, d in ways.items()}, rounds, warmup=2)
                 finally:
                     for p in procs:
                         p.kill()
                         p.wait()
-                rows += [{"model": model, "competing": n, "load_average_1m": load, "way": k, "ms": summarize(v)}
-                         for k, v in ms.items()]
+                rows += [{"model": model, "competing": n, "load_average_1m": load, "way": k, "ms": summarize([1e3 * x for x in v])}
+                         for k, v in sec.items()]
     return rows
 
 
@@ -85,7 +90,7 @@ def markdown(res: dict) -> str:
                      [[r["model"], r["competing"], f"{r['load_average_1m']:.2f}", r["way"], f"{r['ms']['median']:.1f}",
                        f"{r['ms']['q3']:.1f}"] for r in res["rows"]], "lrrlrr")  # fmt: skip
     return (f"# ONNX Runtime threads and spinning under contention\n\n{m['date']} · `{res['command']}` · {m['cpu']}, "
-            f"{m['cpu_count']} cores · load average at start {m['load_average_1m']}\n\n{table}\n")
+            f"{m['cores']} cores · load average at start {m['load_average'][0]}\n\n{table}\n")
 
 
 def main(argv=None) -> int:
@@ -95,13 +100,11 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None)
     p.add_argument("--md", default=None)
     a = p.parse_args(argv)
-    res = {"benchmark": "noisefast.bench_ort_threads", "command": command_line(), "machine": machine_info(),
+    res = {"benchmark": "noisefast.bench_ort_threads", "command": "python " + shlex.join(sys.argv),
+           "machine": machine_info() | {"date": now_iso(), "load_average": load_average(), "versions": versions()},
            "rows": run(a.contention, a.rounds)}
-    if a.json:
-        write_json(a.json, res)
     text = markdown(res)
-    if a.md:
-        write_text(a.md, text)
+    write(res, a.json, a.md, text)
     print(text)
     return 0
 

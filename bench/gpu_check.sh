@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # One prepared check on a GPU machine without network access: carried wheels, build (sm_90), the CUDA tests (the
-# fused ops' edge cases, CUDA graphs, pinned noise), then the measurements, each part writing its JSON as it
-# finishes so that a time limit keeps what was measured:
-#   scoring   seeds/s at 512² 1+1 (Turbo-style, trailing, no CFG) and 1024² 4+4 (CFG 5.5), batch 1/8/32, fp16 SDXL
-#             UNet with random weights: noisefast plain and with the fast path (FastPathOptions.turbo(): channels_last,
-#             SDPA, fused QKV, CUDA graph of the whole chain, pinned seed noise) vs the per-seed and the batched
-#             diffusers user, same run (bench/gpu_scoring.py)
-#   compare   fused kernels' GB/s vs the same run's device copy; optimization s/iteration and
-#             torch.cuda.max_memory_allocated at 1, 4 and 10 steps (flat in steps?); UNet calls vs the matmul peak
-#             (python -m bench.compare --parts kernels,optimize,unet)
+# fused ops' edge cases, CUDA graphs, pinned noise), then the measurements — all through the installed command
+# `noisefast bench` (noisefast/bench/), each writing its JSON result as it finishes so that a time limit keeps what
+# was measured:
+#   scoring   noisefast bench scoring --matrix: seeds/s at 512² 1+1 (Turbo-style, trailing, no CFG) and 1024² 4+4
+#             (CFG 5.5), batch 8/32/1, fp16 SDXL UNet with random weights (arch:sdxl-turbo / arch:sdxl): noisefast
+#             plain and with the fast path (variant "fast": channels_last, SDPA, fused QKV, CUDA graph of the whole
+#             chain, pinned seed noise) vs the per-seed and the batched diffusers users, same run
+#   kernels   noisefast bench kernels: fused ops' GB/s vs the same run's device copy (fp16, bf16, fp32)
+#   optimize  noisefast bench optimize --steps 1 4 10: s/iteration and torch.cuda.max_memory_allocated (flat in N?)
+#   unet      noisefast bench unet: SDXL UNet calls at 512² and 1024², batch 1/8/32, vs the measured matmul peak
 # TensorRT and onnxruntime-gpu cannot be installed on the device machine: the script records that skip and spends no
 # device time on those backends.
 #
@@ -24,14 +25,15 @@
 #   run(command="bash bench/gpu_check.sh $OUT", carry=[".whl"], timeout_s=540)
 #
 # --dry-run (any machine, no GPU needed): checks the script's flow: prints the install/build commands instead of
-# running them, runs the CUDA-marked tests (they skip without a GPU), the scoring matrix on the tiny UNet on the CPU
-# (bench.gpu_scoring --dry-run), the runner with --device cpu --quick, and the bench smoke test as "the rest".
+# running them, runs the CUDA-marked tests (they skip without a GPU), every measurement above on the CPU with the tiny
+# architecture (--model arch:tiny --quick), and the bench schema/compare tests as "the rest".
 #
-# Files in OUTDIR (the device returns at most 8): summary.txt, build.log, tests.log (CUDA tests, then the rest),
-# bench.log (both measuring steps' output), scoring.json, scoring.md, compare.json, compare.md.
+# Files in OUTDIR (at most 8): summary.txt, build.log, tests.log (CUDA tests, then the rest), bench.log (every
+# measurement's output and Markdown), scoring.json, kernels.json, optimize.json, unet.json (the noisefast bench results
+# schema: `noisefast bench show X.json` renders one again, `noisefast bench compare A.json B.json` lays two side by side).
 # Time budget: GPU_CHECK_BUDGET_S (default 450 s) for the whole script; each step gets a timeout from what is left:
 #   build ≤ 200 s · CUDA tests ≤ 75 s · scoring matrix: rows started within (what is left − 150 s, 30…160 s) ·
-#   compare: what is left less 15 s (kernels ~20 s, optimization 1/4/10 steps ~60 s, UNet calls 20…120 s) ·
+#   kernels ≤ 40 s · optimization 1/4/10 steps ≤ 90 s · UNet calls: what is left less 15 s (budget 20…120 s) ·
 #   the other tests only with ≥ 40 s left.
 set -uo pipefail
 
@@ -111,32 +113,38 @@ TESTS_LOG="$OUTDIR/tests.log"
 step tests_cuda "$TESTS_LOG" $(($(left) < 75 ? $(left) : 75)) "${PYTEST[@]}" -m cuda -rs
 say "    $(tail -1 "$TESTS_LOG")"
 
-# 4. the scoring matrix (bench/gpu_scoring.py): rows most telling first, each row written when it finishes
+# 4. the measurements, through the installed command (its Markdown goes to bench.log)
 BENCH_LOG="$OUTDIR/bench.log"
-if ((DRY)); then
-  SC=(--dry-run --budget-s 120)
+NB=("$PY" -m noisefast.cli bench)
+if ((DRY)); then  # the same flow on the CPU: the tiny architecture, quick sizes
+  DEV=(--device cpu --threads 1)
+  SC=(--model arch:tiny --quick --budget-s 60)
+  KR=(--quick)
+  OP=(--model arch:tiny --quick --steps 1 2)
+  UN=(--model arch:tiny --quick --budget-s 30)
 else
+  DEV=(--device cuda)
   SC=(--budget-s "$(clamp $(($(left) - 150)) 30 160)")
+  KR=()
+  OP=(--steps 1 4 10)
 fi
-# the step's limit: the rows' budget + the model build + one row running over
-step scoring "$BENCH_LOG" "$(clamp $(($(left) - 110)) 10 200)" "$PY" -m bench.gpu_scoring \
-  --json "$OUTDIR/scoring.json" --md "$OUTDIR/scoring.md" "${SC[@]}"
+# the scoring step's limit: the rows' budget + the model builds + one row running over
+step scoring "$BENCH_LOG" "$(clamp $(($(left) - 110)) 10 200)" "${NB[@]}" scoring --matrix "${DEV[@]}" "${SC[@]}" \
+  --json "$OUTDIR/scoring.json"
 SC_RC=$?
+step kernels "$BENCH_LOG" "$(clamp $(($(left) - 15)) 10 40)" "${NB[@]}" kernels "${DEV[@]}" "${KR[@]}" \
+  --json "$OUTDIR/kernels.json"
+KR_RC=$?
+step optimize "$BENCH_LOG" "$(clamp $(($(left) - 15)) 10 90)" "${NB[@]}" optimize "${DEV[@]}" "${OP[@]}" \
+  --json "$OUTDIR/optimize.json"
+OP_RC=$?
+((DRY)) || UN=(--budget-s "$(clamp $(($(left) - 40)) 20 120)")  # what the steps before left
+step unet "$BENCH_LOG" $(($(left) - 15)) "${NB[@]}" unet "${DEV[@]}" "${UN[@]}" --json "$OUTDIR/unet.json"
+UN_RC=$?
 
-# 5. the comparison runner: kernels (GB/s vs copy), optimization at 1, 4, 10 steps (s/iteration, CUDA peak memory),
-#    UNet calls vs the matmul peak in what is left (no torch.compile: minutes of compilation do not fit)
+# 5. the other tests (not slow), in parallel where pytest-xdist is installed, only if 40 s are left
 if ((DRY)); then
-  CMP=(--device cpu --quick --threads 1 --optimize-steps 1 2)
-else
-  CMP=(--device cuda --optimize-steps 1 4 10 --budget-s "$(clamp $(($(left) - 110)) 20 120)")
-fi
-step compare "$BENCH_LOG" $(($(left) - 15)) "$PY" -m bench.compare --json "$OUTDIR/compare.json" \
-  --md "$OUTDIR/compare.md" --parts kernels,optimize,unet "${CMP[@]}"
-CMP_RC=$?
-
-# 6. the other tests (not slow), in parallel where pytest-xdist is installed, only if 40 s are left
-if ((DRY)); then
-  REST=(tests/test_bench_smoke.py -k "summarize or round_robin or md_table")
+  REST=(tests/test_bench.py -k "schema or compare or legacy or summarize or round_robin")
 else
   REST=(-m "not cuda and not slow")
   $PY -c "import xdist" 2>/dev/null && REST+=(-n 8)
@@ -148,14 +156,11 @@ else
   say "[tests] SKIPPED: $(left)s left of the ${BUDGET_S}s budget"
 fi
 
-# 7. the short table: the step lines, then the headlines of both measurements
+# 6. the short table: the step lines, then each result's tables
 echo
 cat "$SUMMARY"
-for md in scoring compare; do
-  if [[ -f "$OUTDIR/$md.md" ]]; then
-    echo
-    sed -n '1,/^### \|^| config/p' "$OUTDIR/$md.md" | sed '$d'
-  fi
+for r in scoring kernels optimize unet; do
+  [[ -f "$OUTDIR/$r.json" ]] && { echo; "${NB[@]}" show "$OUTDIR/$r.json" | sed -n '/^timing:/,$p'; }
 done
-((SC_RC != 0)) && exit $SC_RC
-exit $CMP_RC
+for rc in $SC_RC $KR_RC $OP_RC $UN_RC; do ((rc != 0)) && exit $rc; done
+exit 0

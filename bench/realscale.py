@@ -1,6 +1,6 @@
 """Opt-in real-scale CPU part: the full-size SDXL UNet (random weights, 2.57 B parameters) on every CPU backend.
 
-    python -m bench.realscale [--json out.json] [--stages eager,export,onnxruntime,compile] [--calls 3]
+    python bench/realscale [--json out.json] [--stages eager,export,onnxruntime,compile] [--calls 3]
 
 The UNet is built from ``bench/configs/sdxl_unet.json`` (the same file as
 ``/work/shared/models/sdxl-base-1.0/unet/config.json``), float32, on the CPU; the case is SDXL-Turbo scoring:
@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -34,14 +35,16 @@ from pathlib import Path
 
 import torch
 
-from bench.common import command_line, machine_info, summarize, write_json
+from noisefast.bench.machine import load_average, machine_info, now_iso, versions
+from noisefast.bench.schema import write
+from noisefast.bench.stats import summarize
 
 PIXELS, BATCH, STEPS = 512, 2, 1
 
 
 def _inputs(config):
     """The case's condition, schedule, seed noise [2, 4, 64, 64] and one UNet call (x, t, cond) — no weights needed."""
-    from bench.compare_unet import random_condition
+    from noisefast.bench.models import random_condition
     from noisefast.schedule import DDIMSchedule
     from noisefast.testing import SDXL_SCHEDULER_CONFIG
 
@@ -67,7 +70,7 @@ def _calls(den, call, n: int) -> tuple[dict, torch.Tensor]:
 
 
 def _config(path: str | None) -> dict:
-    from bench.compare_unet import sdxl_unet_config
+    from noisefast.bench.models import sdxl_unet_config
 
     return sdxl_unet_config() if path is None else json.loads(Path(path).read_text())
 
@@ -77,7 +80,7 @@ def _stage(name: str, work: Path, calls: int, config_path: str | None = None) ->
 
     eager / compile: the torch UNet; export: the ONNX export into ``work/cache`` (and nothing else);
     onnxruntime: a session over that export — the torch UNet is never built in this process."""
-    from bench.compare_unet import build_unet
+    from noisefast.bench.models import build_unet
     from noisefast.denoisers.backends import make_denoiser
     from noisefast.stability import stability_score
 
@@ -136,7 +139,7 @@ def run(stages=("eager", "export", "onnxruntime", "compile"), calls: int = 3, co
         for name in stages:
             t0 = time.perf_counter()
             loads = [os.getloadavg()[0]]
-            cmd = [sys.executable, "-m", "bench.realscale", "--stage", name, "--work", work, "--calls", str(calls)]
+            cmd = [sys.executable, __file__, "--stage", name, "--work", work, "--calls", str(calls)]
             proc = subprocess.run(cmd + (["--unet-config", config_path] if config_path else []), capture_output=True,
                                   text=True)  # fmt: skip
             loads.append(os.getloadavg()[0])
@@ -165,10 +168,10 @@ def main(argv=None) -> int:
     if a.stage:
         _stage(a.stage, Path(a.work), a.calls, a.unet_config)
         return 0
-    res = {"benchmark": "noisefast.realscale", "command": command_line(), "machine": machine_info(),
+    res = {"benchmark": "noisefast.realscale", "command": "python " + shlex.join(sys.argv),
+           "machine": machine_info() | {"date": now_iso(), "load_average": load_average(), "versions": versions()},
            **run(tuple(s for s in a.stages.split(",") if s), a.calls, a.unet_config)}
-    if a.json:
-        write_json(a.json, res)
+    write(res, a.json, None, "")
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "stderr"} for k, v in res["stages"].items()},
                      indent=1, default=str))
     return 0

@@ -14,15 +14,13 @@ import argparse
 import datetime
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import machine_info  # noqa: E402
+from noisefast.bench.machine import machine_info, versions
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -91,7 +89,7 @@ def main() -> None:
                      "cost_vs_full": {str(m): c for m, c in cost.items()}})
         print(json.dumps(rows[-1]), flush=True)
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "machine": machine_info(), "load_average_start": load0, "load_average_end": os.getloadavg(),
+              "machine": machine_info() | {"versions": versions()}, "load_average_start": load0, "load_average_end": os.getloadavg(),
               "model": "builtin:digits", "full_steps": full_steps, "prompts": len(prompts), "seeds": a.seeds,
               "top": a.top, "batch_size": a.batch, "full_seconds": full_s, "threads": 1, "rows": rows}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

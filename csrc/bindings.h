@@ -39,6 +39,12 @@ struct KernelTable {
 
 inline void* addr(uintptr_t p) { return reinterpret_cast<void*>(p); }
 
+// The flow-matching Euler move is affine in (x, m) only: it has no x̂₀ to clip and no v/epsilon formulas.
+inline void check_flow(bool flow, bool v_prediction, const std::optional<double>& clip_range) {
+  if (flow && (v_prediction || clip_range.has_value()))
+    throw py::value_error("noisefast: the flow move takes neither v_prediction nor clip_range");
+}
+
 inline void bind_kernels(py::module_& m, const KernelTable k) {
   using py::arg;
   const auto no_gil = py::call_guard<py::gil_scoped_release>();
@@ -46,30 +52,34 @@ inline void bind_kernels(py::module_& m, const KernelTable k) {
 
   m.def("ddim_move",
         [k, launch](uintptr_t out, uintptr_t x, uintptr_t m_c, uintptr_t m_u, uintptr_t alpha_from, uintptr_t alpha_to,
-                    uintptr_t guidance, int64_t B, int64_t N, int dtype, bool v_prediction,
+                    uintptr_t guidance, int64_t B, int64_t N, int dtype, bool v_prediction, bool flow,
                     std::optional<double> clip_range, int64_t nthreads, uintptr_t stream) {
+          check_flow(flow, v_prediction, clip_range);
           k.ddim_move({addr(out), addr(x), addr(m_c), addr(m_u), addr(alpha_from), addr(alpha_to), addr(guidance), B, N,
-                       to_dtype(dtype), v_prediction, clip_range.has_value(), clip_range.value_or(0.0)},
+                       to_dtype(dtype), v_prediction, flow, clip_range.has_value(), clip_range.value_or(0.0)},
                       launch(nthreads, stream));
         },
-        "out[B,N] = guided DDIM move of x[B,N] with model outputs m_c[B,N] (and m_u[B,N] or 0).",
+        "out[B,N] = guided DDIM move (or, with flow, the Euler move x + (σ'−σ)·m) of x[B,N] with model outputs "
+        "m_c[B,N] (and m_u[B,N] or 0).",
         arg("out"), arg("x"), arg("m_c"), arg("m_u"), arg("alpha_from"), arg("alpha_to"), arg("guidance"), arg("B"),
-        arg("N"), arg("dtype"), arg("v_prediction"), arg("clip_range"), arg("nthreads") = 0, arg("stream") = 0, no_gil);
+        arg("N"), arg("dtype"), arg("v_prediction"), arg("flow"), arg("clip_range"), arg("nthreads") = 0,
+        arg("stream") = 0, no_gil);
 
   m.def("ddim_move_backward",
         [k, launch](uintptr_t dx, uintptr_t dm_c, uintptr_t dm_u, uintptr_t grad, uintptr_t x, uintptr_t m_c,
                     uintptr_t m_u, uintptr_t alpha_from, uintptr_t alpha_to, uintptr_t guidance, int64_t B, int64_t N,
-                    int dtype, bool v_prediction, std::optional<double> clip_range, int64_t nthreads,
+                    int dtype, bool v_prediction, bool flow, std::optional<double> clip_range, int64_t nthreads,
                     uintptr_t stream) {
+          check_flow(flow, v_prediction, clip_range);
           k.ddim_move_backward({addr(dx), addr(dm_c), addr(dm_u), addr(grad), addr(x), addr(m_c), addr(m_u),
                                 addr(alpha_from), addr(alpha_to), addr(guidance), B, N, to_dtype(dtype), v_prediction,
-                                clip_range.has_value(), clip_range.value_or(0.0)},
+                                flow, clip_range.has_value(), clip_range.value_or(0.0)},
                                launch(nthreads, stream));
         },
         "Gradients of ddim_move: dx, dm_c (and dm_u or 0) from grad[B,N]; x/m_c/m_u are read only with clipping.",
         arg("dx"), arg("dm_c"), arg("dm_u"), arg("grad"), arg("x"), arg("m_c"), arg("m_u"), arg("alpha_from"),
-        arg("alpha_to"), arg("guidance"), arg("B"), arg("N"), arg("dtype"), arg("v_prediction"), arg("clip_range"),
-        arg("nthreads") = 0, arg("stream") = 0, no_gil);
+        arg("alpha_to"), arg("guidance"), arg("B"), arg("N"), arg("dtype"), arg("v_prediction"), arg("flow"),
+        arg("clip_range"), arg("nthreads") = 0, arg("stream") = 0, no_gil);
 
   m.def("cosine_workspace_bytes", k.cosine_workspace_bytes, "Scratch bytes cosine() needs for [B, N] inputs.",
         arg("B"), arg("N"));

@@ -33,7 +33,10 @@ _EXPORTS = {  # public name → the module that defines it
     # the algorithms and their inputs (the lower-level API)
     "Condition": "noisefast.denoisers.base",
     "DDIMSchedule": "noisefast.schedule",
+    "FlowSchedule": "noisefast.flow_schedule",  # SD3 / FLUX: flow-matching Euler moves
     "UNetDenoiser": "noisefast.denoisers.unet",
+    "SD3Denoiser": "noisefast.denoisers.flow",
+    "FluxDenoiser": "noisefast.denoisers.flow",
     "noise_from_seeds": "noisefast.seeds",
     "denoise": "noisefast.transform",
     "invert": "noisefast.transform",

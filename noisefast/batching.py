@@ -28,7 +28,7 @@ import torch
 
 from noisefast.denoisers.base import Condition, Denoiser
 from noisefast.progress import ProgressFn
-from noisefast.schedule import DDIMSchedule
+from noisefast.flow_schedule import Schedule
 from noisefast.seeds import noise_from_seeds
 from noisefast.stability import stability_score
 from noisefast.transform import denoise
@@ -81,7 +81,7 @@ class RowScorer:
     def __init__(
         self,
         den: Denoiser,
-        sched: DDIMSchedule,
+        sched: Schedule,
         *,
         shape: tuple[int, ...],  # per-sample latent shape (C, H, W)
         guidance_scale: float,
@@ -139,12 +139,13 @@ class RowScorer:
             scores = stability_score(self.den, self.sched, noise, cond, self.guidance_scale, self.inversion_guidance_scale)
         return scores[:n].float().cpu()
 
-    def denoise(self, rows: Sequence[Row]) -> tuple[torch.Tensor, torch.Tensor]:  # (ε, x₀), each [len(rows), *shape]
-        """D(ε) of every row (generation): the same packing and buckets as scoring, the denoising moves only."""
+    def denoise(self, rows: Sequence[Row], on_move=None) -> tuple[torch.Tensor, torch.Tensor]:  # (ε, x₀), each [len(rows), *shape]
+        """D(ε) of every row (generation): the same packing and buckets as scoring, the denoising moves only;
+        ``on_move()`` after each denoising step."""
         n = len(rows)
         noise, cond = self.pack(self._padded(rows))
         with torch.inference_mode():
-            x0 = denoise(self.den, self.sched, noise, cond, self.guidance_scale)
+            x0 = denoise(self.den, self.sched, noise, cond, self.guidance_scale, on_move=on_move)
         return noise[:n], x0[:n]
 
 

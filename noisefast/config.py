@@ -21,6 +21,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
+from noisefast.defaults import FAMILIES  # families a pipeline folder may be forced into (--family)
 from noisefast.errors import InputError
 from noisefast.params import SETTINGS, THREADS
 
@@ -29,7 +30,6 @@ BACKENDS = ("auto", "torch", "compile", "onnxruntime", "tensorrt")
 # the fastest backend measured on this machine per call shape, decision and artefacts cached (noisefast.denoisers.auto)
 DEFAULT_BACKEND = "auto"
 DTYPE_NAMES = ("fp16", "bf16", "fp32")
-FAMILIES = ("sdxl", "sdxl-turbo")  # families a pipeline folder may be forced into (--family)
 ATTENTION = ("default", "sdpa", "flash", "efficient", "cudnn", "math")
 FAST_DTYPES = ("float16", "bfloat16", "float32")
 _TORCH_DTYPE_NAMES = {"torch.float16": "fp16", "torch.bfloat16": "bf16", "torch.float32": "fp32"}
@@ -184,10 +184,12 @@ class EngineConfig:
                        help=f"hub id (from the local cache, else downloaded), local diffusers folder, or builtin:NAME "
                             f"(default: {DEFAULT_MODEL}, runs on a CPU in seconds)")  # fmt: skip
         g.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
-        g.add_argument("--dtype", choices=DTYPE_NAMES, help="default: fp16 on CUDA for latent models, else fp32")
+        g.add_argument("--dtype", choices=DTYPE_NAMES,
+                       help="default: on CUDA fp16 for SDXL, bf16 for SD3/FLUX; else fp32")
         g.add_argument("--backend", default=DEFAULT_BACKEND, choices=BACKENDS,
-                       help=f"UNet forward runtime (default: {DEFAULT_BACKEND}: the fastest measured on this machine per "
-                            "batch shape; the decision and the exports it needs are cached)")  # fmt: skip
+                       help=f"UNet/transformer forward runtime (default: {DEFAULT_BACKEND}: the fastest measured on this "
+                            "machine per batch shape, the decision and the exports it needs cached; SD3/FLUX: auto "
+                            "runs torch, SD3 also takes onnxruntime)")  # fmt: skip
         g.add_argument("--cache-dir", metavar="DIR",
                        help="ONNX exports, compile caches and auto's decisions (default: $NOISEFAST_CACHE_DIR, else "
                             "$XDG_CACHE_HOME/noisefast)")  # fmt: skip
@@ -195,7 +197,8 @@ class EngineConfig:
         g.add_argument("--threads", type=THREADS.arg_type(), help=THREADS.help)
         g.add_argument("--variant", help="diffusers weight variant to load, e.g. fp16")
         g.add_argument("--family", choices=FAMILIES,
-                       help="force SDXL or SDXL-Turbo defaults (default: detected from the scheduler and name)")
+                       help="force a family's defaults: sdxl/sdxl-turbo for SDXL, sd3/sd3-turbo for SD3, flux-dev/"
+                            "flux-schnell for FLUX (default: detected from the scheduler, transformer and name)")
         g.add_argument("--strict", action="store_true",
                        help="refuse to run without the fused kernels (instead of the slower pure-torch fallback)")
         f = p.add_argument_group("GPU fast path")

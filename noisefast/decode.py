@@ -1,5 +1,6 @@
-"""Latents → images: the SDXL VAE (one latent at a time, fp32 where fp16 overflows), or [-1, 1] → 8-bit
-for pixel-space models (upscaled nearest-neighbour so an 8×8 sample can be seen)."""
+"""Latents → images: the model's VAE (SDXL, SD3, FLUX — FLUX's latents are the unpacked [C, H/8, W/8] ones; one
+latent at a time, fp32 where fp16 overflows), or [-1, 1] → 8-bit for pixel-space models (upscaled
+nearest-neighbour so an 8×8 sample can be seen)."""
 
 from __future__ import annotations
 
@@ -39,8 +40,11 @@ def _decode_vae(vae, pipe, latents: torch.Tensor) -> list:
             mean_t = torch.tensor(mean, device=lat.device, dtype=lat.dtype).view(1, c, 1, 1)
             std_t = torch.tensor(std, device=lat.device, dtype=lat.dtype).view(1, c, 1, 1)
             lat = lat * std_t / vae.config.scaling_factor + mean_t
-        else:
+        else:  # SD3/FLUX VAEs also shift: z = (x − shift)·scale, so x = z/scale + shift
             lat = lat / vae.config.scaling_factor
+            shift = getattr(vae.config, "shift_factor", None)
+            if shift is not None:
+                lat = lat + shift
         image = vae.decode(lat, return_dict=False)[0]
         images += pipe.image_processor.postprocess(image.float(), output_type="pil")
     return images

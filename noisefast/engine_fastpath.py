@@ -67,12 +67,16 @@ def make_engine_denoiser(unet, backend: str, fast_path: FastPathOptions | None, 
     return make_denoiser(prepare_unet(unet, fast_path), backend, **options)
 
 
-def backend_info(den, backend: str) -> dict:
+def backend_info(den, backend: str, auto_excluded: dict[str, str] | None = None) -> dict:
     """What runs the UNet: for ``auto`` every decision so far (chosen backend, ms per call of each candidate, why
-    others were excluded: `AutoDenoiser.describe`); for a fixed backend its name (and ONNX Runtime's threads)."""
+    others were excluded: `AutoDenoiser.describe`); for a fixed backend its name (and ONNX Runtime's threads).
+    ``auto_excluded``: for a model whose ``auto`` has eager torch as its only candidate (SD3/FLUX), why."""
     describe = getattr(den, "describe", None)
     if callable(describe):
         return describe()
+    if backend == "auto":
+        return {"backend": "auto", "candidates": ["torch"], "excluded": dict(auto_excluded or {}),
+                "decisions": [{"chosen": "torch", "source": "only candidate"}]}
     info = {"backend": backend}
     if getattr(den, "threads", None) is not None:
         info["threads"] = den.threads
@@ -105,9 +109,8 @@ class GraphCache:
             scorer = self.scorers.get(key)
             if scorer is None:
                 e = self.engine
-                scorer = GraphedScorer(e.den, e.schedule(s), cond, rows, e.latent_shape(s), s.guidance_scale,
-                                       s.inversion_guidance_scale, dtype=e.dtype, device=e.device,
-                                       pinned=bool(e.fast_path.pinned))  # fmt: skip
+                scorer = GraphedScorer(e.den, e.schedule(s), cond, rows, e.latent_shape(s), *e.guidance_scales(s),
+                                       dtype=e.dtype, device=e.device, pinned=bool(e.fast_path.pinned))  # fmt: skip
                 self.scorers[key] = scorer
             return scorer(noise, cond)
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from noisefast.atomic import atomic_path
+from noisefast.atomic import atomic_write_bytes
 from noisefast.errors import Interrupted
 from noisefast.optimize import OptimizeResult
 
@@ -65,11 +65,9 @@ class Optimization:
         return save(self.noise_tensors(), metadata={"seeds": ",".join(map(str, self.seeds or ()))})
 
     def save_noise(self, path) -> None:
-        """`noise_tensors` as safetensors at ``path``, written atomically (seeds in the metadata)."""
-        from safetensors.torch import save_file
-
-        with atomic_path(path) as tmp:
-            save_file(self.noise_tensors(), str(tmp), metadata={"seeds": ",".join(map(str, self.seeds or ()))})
+        """`noise_tensors` as safetensors at ``path``, written atomically (seeds in the metadata), with the mode the
+        umask gives (safetensors' own ``save_file`` recreates the file 0600)."""
+        atomic_write_bytes(path, self.noise_bytes())
 
 
 class OptimizationInterrupted(Interrupted):

@@ -19,10 +19,15 @@ from __future__ import annotations
 
 
 class NoisefastError(ValueError):
-    """A user-facing error: the message names what was wrong and how to fix it."""
+    """A user-facing error: the message names what was wrong and how to fix it; ``field`` names the parameter
+    (``"steps"``, ``"seeds"``, ``"noise"``) when one is to blame, so the HTTP answer can point at it."""
 
     exit_code = 2
     http_status = 422
+
+    def __init__(self, *args, field: str | None = None):
+        super().__init__(*args)
+        self.field = field
 
 
 class InputError(NoisefastError):

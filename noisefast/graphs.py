@@ -33,7 +33,7 @@ import torch
 
 from noisefast.denoisers.base import Condition
 from noisefast.hostnoise import SeedNoise
-from noisefast.schedule import DDIMSchedule
+from noisefast.flow_schedule import Schedule, check_schedule
 from noisefast.seeds import check_latent_shape
 from noisefast.stability import stability_score
 from noisefast.transform import DEFAULT_GUIDANCE_SCALE, DEFAULT_INVERSION_GUIDANCE_SCALE
@@ -72,13 +72,12 @@ class GraphedScorer:
     ``fallback``: without CUDA, run the chain eagerly on the static buffers instead of raising `GraphUnavailable`.
     """
 
-    def __init__(self, den, sched: DDIMSchedule, cond: Condition, batch: int, shape,
+    def __init__(self, den, sched: Schedule, cond: Condition, batch: int, shape,
                  guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
                  inversion_guidance_scale: float = DEFAULT_INVERSION_GUIDANCE_SCALE, *,
                  dtype: torch.dtype | None = None, device=None, warmup: int = 2, pinned: bool = True,
                  fallback: bool = False, pool=None):
-        if not isinstance(sched, DDIMSchedule):
-            raise TypeError(f"sched must be a noisefast DDIMSchedule, got {type(sched).__name__}")
+        check_schedule(sched)
         if not isinstance(cond, Condition):
             raise TypeError(f"cond must be a noisefast Condition, got {type(cond).__name__}")
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:

@@ -6,6 +6,12 @@ Two kinds of model go through one path:
   scheduler's ``"trailing"`` timestep spacing or a name containing ``turbo``.
 - ``"pixel"``: a folder with a ``noisefast_model.json`` (the built-in models): one CLIP text encoder,
   no VAE, the UNet works directly in pixel space.
+- ``"sd3"`` / ``"flux"``: flow-matching transformers — a `StableDiffusion3Pipeline` (SD3, SD3.5; family
+  ``"sd3"``, or ``"sd3-turbo"`` when its name says turbo) or a `FluxPipeline` (FLUX.1; ``"flux-dev"`` when its
+  transformer has the guidance embedding, else ``"flux-schnell"``), recognised by model_index.json's
+  ``_class_name`` or the transformer config's class.
+
+What differs between them at run time is the `noisefast.architectures` object each load builds (``arch``).
 
 A hub id is looked up in the local Hugging Face cache first; only when that misses (and the hub is not
 switched off with ``HF_HUB_OFFLINE=1``) is it downloaded. Whatever fails, the error says how to pass a
@@ -22,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from noisefast.architectures import UNetArchitecture
 from noisefast.builtin import PREFIX as BUILTIN_PREFIX
 from noisefast.defaults import DEFAULT_LR, FAMILY_DEFAULTS, PIXEL_BATCH_SIZE, ModelDefaults
 from noisefast.errors import InputError, ModelError
@@ -36,8 +43,11 @@ DTYPES = {
 
 
 def resolve_dtype(dtype, device: torch.device, kind: str = "sdxl") -> torch.dtype:
-    """``None`` → fp16 for latent models on CUDA, else fp32; strings like ``"fp16"``/``"bf16"`` accepted."""
+    """``None`` → on CUDA fp16 for SDXL, bf16 for SD3/FLUX (their T5 overflows fp16), else fp32; strings like
+    ``"fp16"``/``"bf16"`` accepted."""
     if dtype is None:
+        if device.type == "cuda" and kind in FLOW_KINDS:
+            return torch.bfloat16
         return torch.float16 if device.type == "cuda" and kind == "sdxl" else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -130,17 +140,43 @@ def read_json(path: Path, what: str) -> dict:
     return data
 
 
+def check_scheduler_config(path: Path, kind: str) -> None:
+    """The model's scheduler config must be one its sampler takes, within range (`noisefast.schedule`'s checks for
+    DDIM — num_train_timesteps ≤ 100000, betas in [0, 1], ... —, `noisefast.flow_schedule`'s for SD3/FLUX): a
+    `ModelError` naming the file, before diffusers allocates its tables (num_train_timesteps = 10**10: 40 GB)."""
+    if not path.is_file():
+        return  # diffusers names the missing component
+    try:
+        cfg = read_json(path, "the scheduler config")
+        if kind in FLOW_KINDS:
+            from noisefast.flow_schedule import resolve_flow_config
+
+            resolve_flow_config(cfg)
+        else:
+            from noisefast.schedule import alphas_cumprod, resolve_config
+
+            alphas_cumprod(resolve_config(cfg))
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ModelError):
+            raise
+        raise ModelError(f"{path} (the scheduler config): {e}") from None
+
+
 def detect_kind(folder: Path) -> str:
-    """``"pixel"`` for a noisefast model folder, ``"sdxl"`` for an SDXL pipeline; anything else is an error."""
+    """``"pixel"`` for a noisefast model folder, ``"sdxl"`` for an SDXL pipeline, ``"sd3"`` / ``"flux"`` for an
+    SD3 / FLUX pipeline; anything else is an error."""
     if (folder / PIXEL_MODEL_FILE).is_file():
         return "pixel"
     index = folder / "model_index.json"
     if not index.is_file():
         raise ModelError(
-            f"{folder} is not a diffusers pipeline folder (no model_index.json); noisefast needs an SDXL "
-            f"pipeline folder (unet/, vae/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/, scheduler/)"
+            f"{folder} is not a diffusers pipeline folder (no model_index.json); noisefast needs an SDXL, SD3 or "
+            f"FLUX pipeline folder (e.g. unet/ or transformer/, vae/, text_encoder*/, tokenizer*/, scheduler/)"
         )
     meta = read_json(index, "the pipeline's component index")
+    flow = _flow_kind(folder, meta)
+    if flow is not None:
+        return flow
     missing = [c for c in ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
                if not isinstance(meta.get(c), list) or meta.get(c)[0] is None]
     unet_cfg_path = folder / "unet" / "config.json"
@@ -149,9 +185,26 @@ def detect_kind(folder: Path) -> str:
         why = f"missing components {missing}" if missing else f"its UNet has addition_embed_type={embed!r}, not 'text_time'"
         raise ModelError(
             f"{folder} holds a {meta.get('_class_name', 'diffusers')} pipeline, not an SDXL pipeline ({why}); "
-            f"noisefast supports StableDiffusionXLPipeline-compatible models (SDXL, SDXL-Turbo) and builtin:NAME"
+            f"noisefast supports StableDiffusionXLPipeline-compatible models (SDXL, SDXL-Turbo), "
+            f"StableDiffusion3Pipeline (SD3, SD3.5), FluxPipeline (FLUX.1) and builtin:NAME"
         )
     return "sdxl"
+
+
+FLOW_PIPELINES = {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux"}  # model_index.json _class_name → kind
+FLOW_TRANSFORMERS = {"SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux"}  # transformer/config.json
+
+
+def _flow_kind(folder: Path, meta: dict) -> str | None:
+    """``"sd3"``/``"flux"`` when the pipeline class or its transformer's class says so, else None."""
+    kind = FLOW_PIPELINES.get(meta.get("_class_name"))
+    cfg_path = folder / "transformer" / "config.json"
+    if kind is None and cfg_path.is_file():
+        kind = FLOW_TRANSFORMERS.get(read_json(cfg_path, "the transformer config").get("_class_name"))
+    return kind
+
+
+FLOW_KINDS = frozenset(FLOW_PIPELINES.values())
 
 
 def sdxl_defaults(folder: Path, spec: str, scheduler_config: dict, family: str | None = None) -> ModelDefaults:
@@ -168,11 +221,11 @@ def sdxl_defaults(folder: Path, spec: str, scheduler_config: dict, family: str |
 class LoadedModel:
     """Everything the Engine drives, on its device and dtype."""
 
-    kind: str  # "sdxl" or "pixel"
+    kind: str  # "sdxl", "pixel", "sd3" or "flux"
     source: str  # what the user passed (hub id, folder, builtin:NAME)
     folder: Path | None  # the local folder it was loaded from (None: built from a live pipeline, `model_from_pipe`)
     defaults: ModelDefaults
-    unet: object  # diffusers UNet2DConditionModel
+    unet: object | None  # diffusers UNet2DConditionModel (None for SD3/FLUX: their transformer is arch.transformer)
     vae: object | None  # AutoencoderKL (kept in fp32 when its config says fp16 overflows), None for pixel models
     encoder: object  # a noisefast.prompts encoder: (prompts, negative, height=, width=, with_negative=) -> Condition
     scheduler_config: dict
@@ -180,7 +233,8 @@ class LoadedModel:
     dtype: torch.dtype
     spatial_factor: int  # image pixels per latent pixel (8 for SDXL's VAE, 1 in pixel space)
     card: dict  # noisefast_model.json of a pixel model ({} for SDXL)
-    pipe: object | None = None  # the StableDiffusionXLPipeline (SDXL only)
+    pipe: object | None = None  # the diffusers pipeline (SDXL, SD3, FLUX; None for pixel models)
+    arch: object = None  # noisefast.architectures: UNetArchitecture (sdxl, pixel) or FlowArchitecture (sd3, flux)
 
 
 def load_model(
@@ -195,11 +249,17 @@ def load_model(
     dev = resolve_device(device)
     folder = resolve_folder(spec, variant=variant)
     kind = detect_kind(folder)
+    check_scheduler_config(folder / "scheduler" / "scheduler_config.json", kind)  # before diffusers builds it
     dt = resolve_dtype(dtype, dev, kind)
     if kind == "pixel":
         if variant is not None:
             raise InputError(f"--variant {variant!r}: {spec} is a noisefast pixel model, which has no weight variants")
         return _load_pixel(os.fspath(spec), folder, dev, dt, family)
+    if kind in FLOW_KINDS:
+        from noisefast.loading_flow import load_flow
+
+        return LoadedModel(**load_flow(kind, os.fspath(spec), folder, dev, dt, variant, family,
+                                       dtype_kwarg=_dtype_kwarg(dt)))
     return _load_sdxl(os.fspath(spec), folder, dev, dt, variant, family)
 
 
@@ -233,28 +293,35 @@ def _load_sdxl(spec, folder, device, dtype, variant, family) -> LoadedModel:
         kind="sdxl", source=spec, folder=folder, defaults=sdxl_defaults(folder, spec, sched_cfg, family),
         unet=pipe.unet, vae=pipe.vae, encoder=SDXLPromptEncoder(pipe), scheduler_config=sched_cfg,
         device=device, dtype=dtype, spatial_factor=int(pipe.vae_scale_factor), card={}, pipe=pipe,
+        arch=UNetArchitecture("sdxl", pipe.unet, sched_cfg, int(pipe.vae_scale_factor)),
     )  # fmt: skip
 
 
 def model_from_pipe(pipe, *, family: str | None = None) -> LoadedModel:
-    """A `LoadedModel` over a live `StableDiffusionXLPipeline`: its modules as they are (nothing is moved, cast or
-    copied — offload hooks, LoRAs, a compiled UNet stay); device = where the pipeline executes, dtype = the UNet's."""
+    """A `LoadedModel` over a live `StableDiffusionXLPipeline` (or `StableDiffusion3Pipeline` / `FluxPipeline`): its
+    modules as they are (nothing is moved, cast or copied — offload hooks, LoRAs, a compiled UNet stay); device =
+    where the pipeline executes, dtype = the UNet's (the transformer's)."""
     from noisefast.prompts import SDXLPromptEncoder
 
+    name = str(getattr(getattr(pipe, "config", None), "_name_or_path", "") or type(pipe).__name__)
+    folder = Path(name) if name and Path(name).is_dir() else None
+    if type(pipe).__name__ in FLOW_PIPELINES:
+        from noisefast.loading_flow import flow_fields
+
+        return LoadedModel(**flow_fields(FLOW_PIPELINES[type(pipe).__name__], pipe, name, folder or Path(name),
+                                         torch.device(pipe._execution_device), pipe.transformer.dtype, family))
     unet = getattr(pipe, "unet", None)
     ok = (unet is not None and getattr(unet.config, "addition_embed_type", None) == "text_time"
           and all(getattr(pipe, c, None) is not None for c in ("vae", "text_encoder_2", "tokenizer_2", "scheduler")))  # fmt: skip
     if not ok:
-        raise ModelError(f"Engine.from_pipe takes a StableDiffusionXLPipeline (SDXL, SDXL-Turbo); got "
-                         f"{type(pipe).__name__}")  # fmt: skip
-    name = str(getattr(pipe.config, "_name_or_path", "") or type(pipe).__name__)
-    folder = Path(name) if name and Path(name).is_dir() else None
+        raise ModelError(f"Engine.from_pipe takes a StableDiffusionXLPipeline (SDXL, SDXL-Turbo), a "
+                         f"StableDiffusion3Pipeline or a FluxPipeline; got {type(pipe).__name__}")  # fmt: skip
     sched_cfg = dict(pipe.scheduler.config)
     return LoadedModel(
         kind="sdxl", source=name, folder=folder, defaults=sdxl_defaults(folder or Path(name), name, sched_cfg, family),
         unet=unet, vae=pipe.vae, encoder=SDXLPromptEncoder(pipe), scheduler_config=sched_cfg,
         device=torch.device(pipe._execution_device), dtype=unet.dtype, spatial_factor=int(pipe.vae_scale_factor),
-        card={}, pipe=pipe,
+        card={}, pipe=pipe, arch=UNetArchitecture("sdxl", unet, sched_cfg, int(pipe.vae_scale_factor)),
     )  # fmt: skip
 
 
@@ -264,18 +331,35 @@ def _load_pixel(spec, folder, device, dtype, family) -> LoadedModel:
 
     if family not in (None, "pixel"):
         raise ModelError(f"{spec} is a pixel-space noisefast model; family {family!r} does not apply")
+    card = read_json(folder / PIXEL_MODEL_FILE, "the model card")  # a JSON object, or a ModelError naming the file
+    if card.get("kind") != "pixel":
+        raise ModelError(f"{folder / PIXEL_MODEL_FILE} has kind {card.get('kind')!r}; this version reads 'pixel'")
+    try:
+        defaults = _pixel_defaults(card)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        what = f"lacks {e}" if isinstance(e, KeyError) else f"holds a value of the wrong type ({e})"
+        raise ModelError(f"{folder / PIXEL_MODEL_FILE} (the model card) {what}") from None
     try:
         parts = load_model_folder(folder)
     except Exception as e:  # missing/corrupt files surface as OSError, ValueError, SafetensorError, KeyError...
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ModelError(f"could not load the noisefast model in {folder}: {type(e).__name__}: {first}") from e
-    card = parts.config
-    if card.get("kind") != "pixel":
-        raise ModelError(f"{folder / PIXEL_MODEL_FILE} has kind {card.get('kind')!r}; this version reads 'pixel'")
     for m in (parts.unet, parts.text_encoder):
         m.to(device) if m.dtype == dtype else m.to(device=device, dtype=dtype)  # saved in fp32: cast only if asked
         m.eval().requires_grad_(False)
-    defaults = ModelDefaults(
+    sched_cfg = dict(parts.scheduler.config)
+    return LoadedModel(
+        kind="pixel", source=spec, folder=folder, defaults=defaults, unet=parts.unet, vae=None,
+        encoder=CLIPPromptEncoder(parts.tokenizer, parts.text_encoder, str(card.get("negative_prompt") or "")),
+        scheduler_config=sched_cfg, device=device, dtype=dtype, spatial_factor=1, card=card,
+        arch=UNetArchitecture("pixel", parts.unet, sched_cfg, 1),
+    )  # fmt: skip
+
+
+def _pixel_defaults(card: dict) -> ModelDefaults:
+    """A pixel model's defaults from its card (``noisefast_model.json``)."""
+    opt = card.get("default_optimize", {})
+    return ModelDefaults(
         family="pixel",
         height=int(card["height"]),
         width=int(card["width"]),
@@ -283,13 +367,8 @@ def _load_pixel(spec, folder, device, dtype, family) -> LoadedModel:
         inversion_steps=int(card["default_inversion_steps"]),
         guidance_scale=float(card["default_guidance_scale"]),
         inversion_guidance_scale=float(card["default_inversion_guidance_scale"]),
-        optimize_lr=float(card.get("default_optimize", {}).get("lr", DEFAULT_LR)),
-        optimize_renorm=bool(card.get("default_optimize", {}).get("renorm", False)),
+        optimize_lr=float(opt.get("lr", DEFAULT_LR)),
+        optimize_renorm=bool(opt.get("renorm", False)),
         max_side=int(card.get("max_side", PIXEL_MAX_SIDE)),
         batch_size=int(card.get("default_batch_size", PIXEL_BATCH_SIZE)),
     )
-    return LoadedModel(
-        kind="pixel", source=spec, folder=folder, defaults=defaults, unet=parts.unet, vae=None,
-        encoder=CLIPPromptEncoder(parts.tokenizer, parts.text_encoder, card.get("negative_prompt", "")),
-        scheduler_config=dict(parts.scheduler.config), device=device, dtype=dtype, spatial_factor=1, card=card,
-    )  # fmt: skip

@@ -39,6 +39,66 @@ def check_tensors(op: str, min_ndim: int, **tensors: Tensor | None) -> Tensor:
     return first
 
 
+def check_no_overlap(op: str, written: tuple[str, ...], **tensors: Tensor) -> None:
+    """In-place outputs need memory of their own: refuse, before anything is written, a written tensor whose elements
+    share memory (an ``expand``-ed or other overlapping view) and a written tensor sharing an element with any other
+    (views of one buffer that interleave without sharing elements are fine)."""
+    if all(t.is_contiguous() for t in tensors.values()):  # the common case, ~1 µs: dense tensors in disjoint ranges
+        spans = sorted((p, p + t.nbytes) for t in tensors.values() if (p := t.data_ptr()) and t.nbytes)
+        if all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:])):
+            return
+    for name in written:
+        t = tensors[name]
+        if _self_overlapping(t):
+            raise ValueError(f"{op}: {name} is updated in place but its elements share memory (an expanded or "
+                             f"overlapping view: shape {tuple(t.shape)}, strides {t.stride()}); pass a tensor with "
+                             f"memory of its own (.clone())")  # fmt: skip
+    items = [(n, t) for n, t in tensors.items() if t.numel()]
+    for i, (na, a) in enumerate(items):
+        for nb, b in items[i + 1 :]:
+            if (na in written or nb in written) and _share_elements(a, b):
+                raise ValueError(f"{op}: {na} and {nb} share memory (overlapping views of one tensor), and "
+                                 f"{na if na in written else nb} is updated in place; pass separate tensors")  # fmt: skip
+
+
+def _offsets(t: Tensor) -> Tensor:  # [numel] int64: each element's position in its storage
+    off = torch.full((), t.storage_offset(), dtype=torch.int64, device=t.device)
+    for dim, (size, stride) in enumerate(zip(t.shape, t.stride())):
+        shape = [1] * t.ndim
+        shape[dim] = size
+        off = off + (torch.arange(size, device=t.device) * stride).reshape(shape)
+    return off.reshape(-1)
+
+
+def _self_overlapping(t: Tensor) -> bool:
+    """Whether two elements of ``t`` share an address. Fast path: each dimension's stride clears the extent of the
+    faster ones (then no overlap); otherwise the element offsets are compared (rare layouts only)."""
+    extent = 1  # elements spanned by the dimensions taken so far: 1 + Σ (size − 1)·stride
+    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz > 1):
+        if stride == 0:
+            return True
+        if stride < extent:
+            return bool(torch.unique(_offsets(t)).numel() < t.numel())
+        extent += (size - 1) * stride
+    return False
+
+
+def _share_elements(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` and ``b`` (same dtype) have an element at the same address."""
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr() or a.element_size() != b.element_size():
+        return False
+
+    def span(t):
+        return t.storage_offset(), t.storage_offset() + 1 + sum((sz - 1) * st for sz, st in zip(t.shape, t.stride()))
+
+    (a0, a1), (b0, b1) = span(a), span(b)
+    if a1 <= b0 or b1 <= a0:
+        return False
+    if a.is_contiguous() and b.is_contiguous():
+        return True  # dense spans that intersect share elements
+    return bool(torch.isin(_offsets(a), _offsets(b)).any())
+
+
 class Range:
     """A condition on coefficient values, for Python numbers and tensors alike (NaN always fails).
 

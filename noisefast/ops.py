@@ -34,7 +34,7 @@ from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from noisefast import _ext, ref
-from noisefast.op_args import FINITE, POSITIVE, UNIT, UNIT_EPS_FROM, acc_dtype, check_tensors, coef
+from noisefast.op_args import FINITE, POSITIVE, UNIT, UNIT_EPS_FROM, acc_dtype, check_no_overlap, check_tensors, coef
 
 __all__ = ["cosine_similarity", "ddim_move", "momentum_step_"]
 
@@ -109,7 +109,7 @@ def _ddim_move_impl(
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     _run(x.device, "ddim_move", out=_ptr(out), x=_ptr(x), m_c=_ptr(m_c), m_u=_ptr(m_u), alpha_from=_ptr(alpha_from),
          alpha_to=_ptr(alpha_to), guidance=_ptr(guidance), v_prediction=prediction_type == "v_prediction",
-         clip_range=clip_sample_range, **_sizes(x))
+         flow=prediction_type == "flow", clip_range=clip_sample_range, **_sizes(x))
     return out
 
 
@@ -133,7 +133,7 @@ def _ddim_move_backward_op(
     _run(grad.device, "ddim_move_backward", dx=_ptr(dx), dm_c=_ptr(dm_c), dm_u=_ptr(dm_u if has_uncond else None),
          grad=_ptr(grad), x=_ptr(x), m_c=_ptr(m_c), m_u=_ptr(m_u), alpha_from=_ptr(alpha_from),
          alpha_to=_ptr(alpha_to), guidance=_ptr(guidance), v_prediction=prediction_type == "v_prediction",
-         clip_range=clip_sample_range, **_sizes(grad))
+         flow=prediction_type == "flow", clip_range=clip_sample_range, **_sizes(grad))
     return dx, dm_c, dm_u
 
 
@@ -174,6 +174,9 @@ def ddim_move(
 ) -> Tensor:  # [B, ...] latent at cumulative alpha `alpha_to`
     """One guided DDIM move (η = 0) from ᾱ_from to ᾱ_to in one fused pass; see ``noisefast.ref.ddim_move``.
 
+    ``prediction_type="flow"``: the flow-matching Euler move x' = x + (σ' − σ)·v with ``alpha_from`` = σ and
+    ``alpha_to`` = σ' (each in [0, 1]) and ``model_out`` the velocity; no clipping.
+
     ᾱ = 0 (the last timestep of a zero-terminal-SNR schedule, ``rescale_betas_zero_snr=True``) is accepted
     wherever the move is defined: v prediction (x̂₀ = −m, ε̂ = x at ᾱ_from = 0), any ᾱ_to = 0 (x' = ε̂),
     and epsilon prediction from ᾱ_from = 0 with clipping (x̂₀ = ±r by the sign of x − m, as diffusers'
@@ -189,6 +192,8 @@ def ddim_move(
         if not POSITIVE.scalar_ok(float(clip_sample_range)):
             raise ValueError(f"{op}: clip_sample_range must be {POSITIVE.text}; got {clip_sample_range!r}")
         clip_sample_range = float(clip_sample_range)
+        if prediction_type == "flow":
+            raise ValueError(f"{op}: the flow move has no x̂₀ to clip: clip_sample_range must be None")
     divides = prediction_type == "epsilon" and clip_sample_range is None  # x̂₀ = (x − √(1−a)·m)/√a, unclamped
     a_from = coef(op, "alpha_from", alpha_from, x, UNIT_EPS_FROM if divides else UNIT)
     a_to = coef(op, "alpha_to", alpha_to, x, UNIT)
@@ -300,10 +305,8 @@ def momentum_step_(
     """v ← μ·v + g;  x ← x − lr·v  (Nesterov: x ← x − lr·(g + μ·v)); optionally x ← x·ρ/‖x‖. Returns x."""
     op = "momentum_step_"
     check_tensors(op, 1, x=x, grad=grad, velocity=velocity)
-    if not torch.compiler.is_compiling() and x.numel():
-        px, pg, pv = x.data_ptr(), grad.data_ptr(), velocity.data_ptr()
-        if px == pg or px == pv or pg == pv:
-            raise ValueError(f"{op}: x, grad and velocity must not share memory (data pointers {px}, {pg}, {pv})")
+    if not torch.compiler.is_compiling() and x.numel():  # refused before anything is written: no half-applied step
+        check_no_overlap(op, ("x", "velocity"), x=x, grad=grad, velocity=velocity)
     if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
         raise TypeError(f"{op}: momentum must be a float, got {type(momentum).__name__}")
     if not math.isfinite(momentum):

@@ -25,7 +25,7 @@ import torch
 from noisefast import ops
 from noisefast.denoisers.base import Condition, Denoiser
 from noisefast.denoisers.guidance import check_condition_batch, check_guidance_scale
-from noisefast.schedule import DDIMSchedule
+from noisefast.flow_schedule import Schedule, check_schedule
 from noisefast.stability import stability_score
 from noisefast.defaults import (
     DEFAULT_GUIDANCE_SCALE,
@@ -74,7 +74,7 @@ class OptimizeResult:
 
 def optimize_noise(
     den: Denoiser,
-    sched: DDIMSchedule,
+    sched: Schedule,
     noise: torch.Tensor,  # [B, C, H, W] ε_0
     cond: Condition,  # batch B or 1
     steps: int = DEFAULT_ITERATIONS,
@@ -105,8 +105,7 @@ def optimize_noise(
     # 0. validate, then set up the master copies (fp32/fp64): ε, the velocity v, the best so far
     check_latents(noise, den)
     check_condition_batch(cond, noise.shape[0])
-    if not isinstance(sched, DDIMSchedule):
-        raise TypeError(f"sched must be a noisefast DDIMSchedule, got {type(sched).__name__}")
+    check_schedule(sched)
     steps = _check_int(steps, "steps", 1)
     lr = _check_real(lr, "lr", lambda v: v > 0, "finite and > 0")
     momentum = _check_real(momentum, "momentum", lambda v: 0 <= v < 1, "in [0, 1)")
@@ -204,7 +203,7 @@ def optimize_noise(
 
 def stability_grad(
     den: Denoiser,
-    sched: DDIMSchedule,
+    sched: Schedule,
     noise: torch.Tensor,  # [B, C, H, W] ε
     cond: Condition,  # batch B or 1
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,

@@ -23,6 +23,9 @@ from noisefast.errors import InputError
 
 SEED_LIMIT = 2**63  # seeds are ints in [0, 2**63) (what torch.Generator.manual_seed takes)
 MAX_GUIDANCE = 1e3  # |w| above this: m_u + w·(m_c − m_u) leaves fp16 range for ordinary model outputs
+# The denoising scale is in [0, MAX_GUIDANCE]: diffusers runs CFG only above 1, so every w_d ≤ 1 is the conditional
+# half alone and a negative one would silently mean the same as 0. The inversion scale w_i keeps [−1000, 1000]:
+# m = m_u + w_i·(m_c − m_u) is defined for every w_i (w_i < 0 pushes away from the prompt).
 MAX_STEPS = 1000  # DDIM steps cannot exceed the training timesteps (1000 for every model here)
 MAX_BATCH = 4096  # rows per UNet batch
 MAX_ITERATIONS = 100_000  # Algorithm 2's gradient steps per call
@@ -59,21 +62,22 @@ class Param:
         hi = self.hi if hi is None else hi
         if self.kind is bool:
             if not isinstance(value, bool):
-                raise InputError(f"{self.name} must be true or false, got {value!r}")
+                raise InputError(f"{self.name} must be true or false, got {value!r}", field=self.name)
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)) and not _is_index(value):
-            raise InputError(f"{self.name} must be {'an integer' if self.kind is int else 'a number'}, got {value!r}")
+            raise InputError(f"{self.name} must be {'an integer' if self.kind is int else 'a number'}, got {value!r}",
+                             field=self.name)  # fmt: skip
         if self.kind is int:
             if isinstance(value, float):  # 8.0 is not an integer here (JSON front ends decide on their own)
-                raise InputError(f"{self.name} must be an integer, got {value!r}")
+                raise InputError(f"{self.name} must be an integer, got {value!r}", field=self.name)
             value = operator.index(value)
         else:
             value = float(value)
             if not math.isfinite(value):
-                raise InputError(f"{self.name} must be finite, got {value}")
+                raise InputError(f"{self.name} must be finite, got {value}", field=self.name)
         too_low = self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo)
         if too_low or (hi is not None and value > hi):
-            raise InputError(f"{self.name} must be in {self.range_text(hi)}, got {value:g}")
+            raise InputError(f"{self.name} must be in {self.range_text(hi)}, got {value:g}", field=self.name)
         return value
 
     def arg_type(self, *, hi: float | None = None):
@@ -109,12 +113,15 @@ def _params(*ps: Param) -> dict[str, Param]:
 
 
 SETTINGS = _params(
-    Param("height", int, "image height in pixels (a multiple of the model's spatial factor: 8 for SDXL)", 1),
-    Param("width", int, "image width in pixels (a multiple of the model's spatial factor: 8 for SDXL)", 1),
-    Param("steps", int, "DDIM denoising steps", 1, MAX_STEPS),
-    Param("inversion_steps", int, "DDIM inversion steps", 1, MAX_STEPS),
-    Param("guidance_scale", float, "classifier-free guidance scale of denoising (> 1 runs CFG)", -MAX_GUIDANCE,
-          MAX_GUIDANCE, flag="--guidance"),
+    Param("height", int, "image height in pixels (a multiple of the model's spatial factor: 8 for SDXL, 16 for SD3/FLUX)",
+          1),
+    Param("width", int, "image width in pixels (a multiple of the model's spatial factor: 8 for SDXL, 16 for SD3/FLUX)",
+          1),
+    Param("steps", int, "denoising steps (DDIM; Euler for SD3/FLUX)", 1, MAX_STEPS),
+    Param("inversion_steps", int, "inversion steps", 1, MAX_STEPS),
+    Param("guidance_scale", float, "guidance scale of denoising, in [0, 1000]: > 1 runs CFG; ≤ 1 the conditional half "
+          "alone, as diffusers' pipelines (SDXL-Turbo's 0); FLUX.1-dev: the embedded guidance", 0.0, MAX_GUIDANCE,
+          flag="--guidance"),
     Param("inversion_guidance_scale", float,
           "inversion guidance w_i: m = m_u + w_i·(m_c − m_u) for every w_i; 1 = conditional (the paper's default), "
           "0 = unconditional (Z-Sampling), other values run both halves", -MAX_GUIDANCE, MAX_GUIDANCE,

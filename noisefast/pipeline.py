@@ -1,4 +1,5 @@
-"""`Engine`: a loaded model (SDXL, SDXL-Turbo or a built-in pixel model) and the four algorithms over it.
+"""`Engine`: a loaded model (SDXL, SDXL-Turbo, SD3/SD3.5, FLUX.1 or a built-in pixel model) and the four
+algorithms over it.
 
     engine = Engine.from_pretrained("stabilityai/sdxl-turbo")       # or a local folder, or "builtin:digits"
     engine = Engine.from_config(EngineConfig(model=..., backend="onnxruntime", batch_size=16))
@@ -19,6 +20,8 @@ batches of ``batch_size`` rows, bucket padding for shape-specialised backends, C
 whether they come from seeds (what diffusers draws: ``generator=torch.Generator("cpu").manual_seed(seed)``) or
 from given ``latents=`` [K, C, H, W] (``noise=`` is the same keyword's older name).
 
+Models: what differs between UNets (DDIM) and SD3/FLUX transformers (flow Euler) is one `noisefast.architectures`
+object, ``model.arch`` (latent shape, sizes, schedule, guidance scales, denoiser); the Engine branches on nothing else.
 Backend ``"auto"`` (the default): per call shape the fastest measured here, cached (`noisefast.denoisers.auto`).
 
 Ctrl-C: `select`/`select_many` raise `noisefast.selection.SelectionInterrupted`, `optimize` raises
@@ -27,7 +30,6 @@ Ctrl-C: `select`/`select_many` raise `noisefast.selection.SelectionInterrupted`,
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 
@@ -39,16 +41,15 @@ from noisefast.decode import decode_latents
 from noisefast.defaults import DEFAULT_BATCH_SIZE, ModelDefaults
 from noisefast.denoisers.base import Condition
 from noisefast.denoisers.guidance import needs_negative
-from noisefast.engine_inputs import candidate_seeds, check_latents, engine_seeds
-from noisefast.engine_fastpath import (GraphCache, apply_threads, backend_info, make_engine_denoiser,
-                                      usable_fast_path)
+from noisefast.engine_inputs import candidate_seeds, check_latents, check_prompt, engine_seeds
+from noisefast.engine_fastpath import GraphCache, apply_threads, backend_info, usable_fast_path
 from noisefast.engine_results import Generation, Optimization, OptimizationInterrupted
 from noisefast.errors import InputError, LimitError
+from noisefast.flow_schedule import Schedule
 from noisefast.loading import LoadedModel, load_model, model_from_pipe
 from noisefast.optimize import optimize_noise
 from noisefast.params import OPTIMIZE
-from noisefast.progress import ProgressFn
-from noisefast.schedule import DDIMSchedule
+from noisefast.progress import ProgressFn, step_counter
 from noisefast.selection import Selection, select_many, select_one
 from noisefast.settings import Settings, check_fits_memory, resolve_settings
 
@@ -68,8 +69,9 @@ class Engine:
         self.model, self.config = model, config
         self.threads = apply_threads(config, model)  # torch's thread count is process-wide
         self.fast_path = usable_fast_path(config.fast_path, model.device)  # CUDA-only pieces off (one warning)
-        self.den = make_engine_denoiser(model.unet, config.backend, self.fast_path, cache_dir=config.cache_dir,
-                                        threads=config.threads)  # fmt: skip
+        # UNet (any backend, auto by default) or SD3/FLUX transformer
+        self.den = model.arch.make_denoiser(config.backend, self.fast_path, cache_dir=config.cache_dir,
+                                            threads=config.threads)  # fmt: skip
         self._graphs = GraphCache(self) if self.fast_path is not None and self.fast_path.cuda_graph else None
         self.defaults: ModelDefaults = model.defaults
         self._conditions: OrderedDict[tuple, Condition] = OrderedDict()
@@ -91,8 +93,8 @@ class Engine:
 
     @classmethod
     def from_pipe(cls, pipe, **options) -> "Engine":
-        """An Engine over a loaded diffusers `StableDiffusionXLPipeline` (SDXL / SDXL-Turbo): its modules are shared,
-        not copied — device, dtype, offload hooks, LoRAs and a compiled UNet stay as the pipe has them.
+        """An Engine over a loaded diffusers `StableDiffusionXLPipeline` (SDXL / SDXL-Turbo), `StableDiffusion3Pipeline`
+        or `FluxPipeline`: its modules are shared, not copied — device, dtype, offload hooks, LoRAs and a compiled UNet stay as the pipe has them.
         ``options``: backend, batch_size, threads, strict, fast_path, family (device/dtype/variant come from the pipe)."""
         fixed = sorted(k for k in ("model", "device", "dtype", "variant") if k in options)
         if fixed:
@@ -131,6 +133,8 @@ class Engine:
             "folder": None if m.folder is None else str(m.folder),
             "kind": m.kind,
             "family": m.defaults.family,
+            "sampler": m.arch.sampler,  # "DDIM" or "Euler (flow matching)"
+            "guidance": m.arch.guidance,  # the denoising scale: "classifier-free" or "embedded" (FLUX.1-dev)
             "device": str(m.device),
             "dtype": str(m.dtype).replace("torch.", ""),
             "backend": self.backend,
@@ -149,7 +153,7 @@ class Engine:
 
     def backend_info(self) -> dict:
         """What runs the UNet (`noisefast.engine_fastpath.backend_info`): for ``auto`` every decision so far."""
-        return backend_info(self.den, self.backend)
+        return backend_info(self.den, self.backend, getattr(self.model.arch, "auto_excluded", lambda: None)())
 
     def _default_rows(self) -> int | None:
         try:
@@ -160,9 +164,7 @@ class Engine:
     # --- settings, shapes, conditions ---------------------------------------------------------------------
     def settings(self, **overrides) -> Settings:
         """The model's defaults with ``overrides`` (the `noisefast.params.SETTINGS` names), each checked once."""
-        multiple = self._size_multiple()
-        why = (f"this model's UNet halves the image {int(math.log2(multiple))} time(s)" if self.kind == "pixel"
-               else f"the VAE maps {multiple}×{multiple} pixels to one latent")  # fmt: skip
+        multiple, why = self.model.arch.size_multiple()
         if overrides.get("batch_size") is None:
             overrides["batch_size"] = self.batch_size
         return resolve_settings(self.defaults, multiple, why, **overrides)
@@ -177,15 +179,9 @@ class Engine:
             raise InputError(f"settings must be a noisefast Settings, got {type(settings).__name__}")
         return settings
 
-    def _size_multiple(self) -> int:
-        if self.kind == "pixel":  # no VAE: the UNet's downsampling sets the granularity
-            return 2 ** (len(self.model.unet.config.block_out_channels) - 1)
-        return self.model.spatial_factor
-
     def latent_shape(self, s: Settings) -> tuple[int, int, int]:
-        """Per-sample latent shape (C, H/f, W/f)."""
-        f = self.model.spatial_factor
-        return (int(self.model.unet.config.in_channels), s.height // f, s.width // f)
+        """Per-sample latent shape (C, H/f, W/f) (FLUX: before the 2×2 packing, as its pipeline draws it)."""
+        return self.model.arch.latent_shape(s.height, s.width)
 
     def batch_size_for(self, s: Settings) -> int:
         """Rows per UNet batch for ``s``, after checking a batch that size fits the device's memory.
@@ -194,27 +190,32 @@ class Engine:
         """
         d = self.defaults
         rows = s.batch_size or (d.batch_size if s.height * s.width <= d.height * d.width else DEFAULT_BATCH_SIZE)
-        check_fits_memory(rows, self.latent_shape(s), int(self.model.unet.config.block_out_channels[0]), self.dtype,
-                          self.device, cfg=needs_negative(s.guidance_scale, s.inversion_guidance_scale))  # fmt: skip
+        check_fits_memory(rows, self.latent_shape(s), self.model.arch.memory_width, self.dtype, self.device,
+                          cfg=self._with_negative(s))  # fmt: skip
         return rows
 
-    def schedule(self, s: Settings) -> DDIMSchedule:
-        """The DDIM schedule (denoise and inversion moves) from the model's scheduler config."""
+    def schedule(self, s: Settings) -> Schedule:
+        """The denoise and inversion moves from the model's scheduler config: DDIM, or flow-matching Euler."""
         try:
-            return DDIMSchedule.from_config(self.model.scheduler_config, s.steps, s.inversion_steps)
+            return self.model.arch.schedule(s.steps, s.inversion_steps, s.height, s.width)
         except ValueError as e:
             raise InputError(str(e)) from None
+
+    def guidance_scales(self, s: Settings) -> tuple[float, float]:
+        """(w_d, w_i) the sampler runs with: ``s``'s scales, except for models that embed the denoising guidance
+        instead of running CFG (FLUX.1-dev: ``Condition.guidance`` = w_d, no CFG; `noisefast.architectures`)."""
+        return self.model.arch.guidance_scales(s.guidance_scale, s.inversion_guidance_scale)
+
+    def _with_negative(self, s: Settings) -> bool:
+        """Whether some step runs the unconditional half (`noisefast.denoisers.guidance.needs_negative`)."""
+        return needs_negative(*self.guidance_scales(s))
 
     def condition(self, prompt: str, negative_prompt: str | None = None, settings: Settings | None = None) -> Condition:
         """The condition (batch 1) for ``prompt``, encoded once and cached; the unconditional half is encoded
         only when some step of ``settings`` runs it (`needs_negative`)."""
         s = settings or self.settings()
-        if not isinstance(prompt, str):
-            raise InputError(f"prompt must be a string, got {type(prompt).__name__}")
-        if negative_prompt is not None and not isinstance(negative_prompt, str):
-            raise InputError(f"negative_prompt must be a string or None, got {type(negative_prompt).__name__}")
-        with_negative = needs_negative(s.guidance_scale, s.inversion_guidance_scale)
-        key = (prompt, negative_prompt, s.height, s.width, with_negative)
+        check_prompt(prompt, negative_prompt)
+        key = (prompt, negative_prompt, s.height, s.width, self._with_negative(s))
         cond = self._conditions.get(key)
         if cond is None:
             cond = self.encode(prompt, negative_prompt, s)
@@ -223,15 +224,14 @@ class Engine:
                 self._conditions.popitem(last=False)
         else:
             self._conditions.move_to_end(key)
-        return cond
+        return self.model.arch.condition(cond, s.guidance_scale)  # FLUX.1-dev: + the embedded guidance
 
     def encode(self, prompt: str | list[str], negative_prompt: str | None = None, s: Settings | None = None) -> Condition:
         """The condition for ``prompt`` or a list of prompts (one row each), encoded now (not cached)."""
         s = s or self.settings()
         with torch.no_grad():  # no_grad, not inference_mode: optimize may use the condition in autograd
             return self.model.encoder(prompt, negative_prompt, height=s.height, width=s.width,
-                                      with_negative=needs_negative(s.guidance_scale, s.inversion_guidance_scale),
-                                      device=self.device)  # fmt: skip
+                                      with_negative=self._with_negative(s), device=self.device)  # fmt: skip
 
     def _cond(self, prompt, negative_prompt, condition, s: Settings) -> Condition:
         if condition is not None:
@@ -239,7 +239,7 @@ class Engine:
                 raise InputError("pass a prompt or condition=, not both")
             if not isinstance(condition, Condition) or condition.batch_size != 1:
                 raise InputError("condition must be a noisefast Condition with batch 1")
-            return condition.to(device=self.device)
+            return self.model.arch.condition(condition.to(device=self.device), s.guidance_scale)
         if prompt is None:
             raise InputError("a prompt (or condition=) is required")
         return self.condition(prompt, negative_prompt, s)
@@ -260,10 +260,10 @@ class Engine:
             from noisefast.hostnoise import SeedNoise
 
             draw = SeedNoise(self.latent_shape(s), rows, self.dtype, self.device)
+        w_d, w_i = self.guidance_scales(s)
         return RowScorer(
-            self.den, self.schedule(s), shape=self.latent_shape(s), guidance_scale=s.guidance_scale,
-            inversion_guidance_scale=s.inversion_guidance_scale, dtype=self.dtype, device=self.device,
-            buckets=buckets, chain=chain, draw=draw,
+            self.den, self.schedule(s), shape=self.latent_shape(s), guidance_scale=w_d, inversion_guidance_scale=w_i,
+            dtype=self.dtype, device=self.device, buckets=buckets, chain=chain, draw=draw,
         )  # fmt: skip
 
     def _job(self, key, cond: Condition, seeds, latents, s: Settings) -> ScoreJob:
@@ -363,7 +363,7 @@ class Engine:
 
         result = optimize_noise(
             self.den, scorer.sched, eps, job.cond, iterations, lr, momentum,
-            guidance_scale=s.guidance_scale, inversion_guidance_scale=s.inversion_guidance_scale,
+            guidance_scale=scorer.guidance_scale, inversion_guidance_scale=scorer.inversion_guidance_scale,
             target_stability=target, max_batch=self.batch_size_for(s), callback=step_callback, nesterov=nesterov,
             grad_clip=grad_clip, checkpoint=checkpoint,
             renorm=self.defaults.optimize_renorm if renorm is None else renorm,
@@ -376,13 +376,17 @@ class Engine:
     # --- generation and decoding -----------------------------------------------------------------------------
     def generate(self, prompt: str | None = None, seeds=None, *, latents: torch.Tensor | None = None, noise=None,
                  negative_prompt: str | None = None, condition: Condition | None = None, decode: bool = True,
-                 progress: ProgressFn | None = None, settings: Settings | None = None, **overrides) -> Generation:  # fmt: skip
-        """D(ε): the DDIM denoising loop from each seed's noise (or each row of ``latents``), decoded to images;
-        ``progress(images_done, total)`` after each batch."""
+                 progress: ProgressFn | None = None, step_progress: ProgressFn | None = None,
+                 settings: Settings | None = None, **overrides) -> Generation:  # fmt: skip
+        """D(ε): the denoising loop (DDIM, or flow Euler) from each seed's noise (or each row of ``latents``), decoded
+        to images; ``progress(images_done, total)`` after each batch, ``step_progress(steps_done, steps_total)`` after
+        each denoising step of each batch (steps_total = batches × steps)."""
         s, job = self._one_job(prompt, seeds, latents, noise, negative_prompt, condition, settings, overrides)
         scorer, eps, x0 = self.scorer(s), [], []
-        for batch in row_batches([job], self.batch_size_for(s)):
-            e, x = scorer.denoise(batch)
+        rows = self.batch_size_for(s)
+        on_move = None if step_progress is None else step_counter(step_progress, -(-len(job.seeds) // rows) * s.steps)
+        for batch in row_batches([job], rows):
+            e, x = scorer.denoise(batch, on_move)
             eps.append(e)
             x0.append(x)
             if progress is not None:
@@ -391,6 +395,10 @@ class Engine:
         images = self.decode(x0) if decode else []
         return Generation(images=images, latents=x0, noise=torch.cat(eps),
                           seeds=None if job.latents is not None else tuple(job.seeds))  # fmt: skip
+
+    def pipeline_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """[K, C, h, w] as the stock pipeline's ``latents=`` takes them (FLUX: packed 2×2; others: unchanged)."""
+        return self.model.arch.pipeline_latents(latents)
 
     def decode(self, latents: torch.Tensor) -> list:  # latents [B, C, h, w] → B PIL images
         """Latents → images (`noisefast.decode`)."""

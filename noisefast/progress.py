@@ -9,6 +9,7 @@ steps); ``total`` is None when the amount of work is not known in advance. Front
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 
 ProgressFn = Callable[[int, "int | None"], None]
@@ -22,6 +23,7 @@ class ProgressBar:
         self.file = file or sys.stderr
         self._bar = None
         self._total = total
+        self._started = time.time()  # the work starts now: a bar first drawn after one batch still shows its true rate
 
     def __call__(self, done: int, total: int | None = None) -> None:
         if not self.enabled:
@@ -31,6 +33,7 @@ class ProgressBar:
 
             self._bar = tqdm(total=total if total is not None else self._total, desc=self.desc, unit=self.unit,
                              file=self.file, dynamic_ncols=True, leave=True)  # fmt: skip
+            self._bar.start_t = self._bar.last_print_t = self._started  # not the first update's time (rate ≈ ∞)
         elif total is not None and self._bar.total != total:
             self._bar.total = total
         self._bar.update(done - self._bar.n)
@@ -47,9 +50,22 @@ class ProgressBar:
         self.close()
 
 
+def step_counter(progress: ProgressFn, total: int) -> Callable[[], None]:
+    """A no-argument callback reporting ``progress(n, total)`` on its n-th call (``progress(0, total)`` at once):
+    for loops that know their steps but not their place (the denoising moves of `Engine.generate`)."""
+    done = [0]
+    progress(0, total)
+
+    def step() -> None:
+        done[0] += 1
+        progress(done[0], total)
+
+    return step
+
+
 def stderr_is_terminal() -> bool:
     """Whether a progress bar would be seen (the default for front ends' ``--progress``)."""
     return sys.stderr.isatty()
 
 
-__all__ = ["ProgressBar", "ProgressFn", "stderr_is_terminal"]
+__all__ = ["ProgressBar", "ProgressFn", "stderr_is_terminal", "step_counter"]

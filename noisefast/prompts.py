@@ -6,6 +6,16 @@
   condition is bit-for-bit the one a stock pipeline feeds its UNet.
 - `CLIPPromptEncoder` serves single-encoder models (the built-in pixel models): one CLIP text encoder,
   the prompt put through the model's template, the empty prompt as the unconditional half.
+- `SD3PromptEncoder` calls `StableDiffusion3Pipeline.encode_prompt` (CLIP-L and CLIP-G penultimate states
+  padded to T5's width, ‖ the T5 sequence, pooled CLIP-L ‖ CLIP-G; the negative prompt, "" by default).
+- `FluxPromptEncoder` calls `FluxPipeline.encode_prompt` (T5 sequence, pooled CLIP); the unconditional half —
+  used only where an inversion mix w_i ≠ 1 or true CFG needs it — is the negative prompt ("" by default) encoded
+  the same way, as FluxPipeline's true-CFG path does.
+
+Text length: every encoder pads to its pipeline's fixed length (CLIP 77 tokens; SD3's T5 256 and FLUX's T5 512,
+the pipelines' ``max_sequence_length`` defaults), exactly as the stock pipelines do, so the conditions of any two
+prompts have equal shapes and their rows share transformer batches (`noisefast.batching`); padding is what the
+model was run with, not an approximation.
 """
 
 from __future__ import annotations
@@ -101,3 +111,48 @@ class CLIPPromptEncoder:
             neg = self.unconditional_prompt if negative_prompt is None else negative_prompt
             npe = self.embed([neg], device).expand(len(prompts), -1, -1)  # [P, L, D]
         return Condition(prompt_embeds=pe, negative_prompt_embeds=npe)
+
+
+class SD3PromptEncoder:
+    """Encodes prompts with a `StableDiffusion3Pipeline`'s own ``encode_prompt`` (two CLIP + T5)."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    @torch.no_grad()
+    def __call__(self, prompts, negative_prompt: str | None = None, *, height: int, width: int,
+                 with_negative: bool = True, device: torch.device | None = None) -> Condition:  # fmt: skip
+        """Condition of batch P = len(prompts); ``with_negative`` adds the unconditional half (the negative
+        prompt, "" when none is given — the pipeline's default)."""
+        del height, width  # SD3 has no size conditioning
+        prompts = _as_list(prompts)
+        negative = None if negative_prompt is None else [negative_prompt] * len(prompts)
+        pe, npe, pooled, npooled = self.pipe.encode_prompt(
+            prompt=prompts, prompt_2=None, prompt_3=None, device=device or self.pipe.transformer.device,
+            do_classifier_free_guidance=with_negative, negative_prompt=negative,
+        )  # fmt: skip
+        return Condition(prompt_embeds=pe, pooled_prompt_embeds=pooled,  # [P, 77 + 256, D], [P, P_clip]
+                         negative_prompt_embeds=npe if with_negative else None,
+                         negative_pooled_prompt_embeds=npooled if with_negative else None)  # fmt: skip
+
+
+class FluxPromptEncoder:
+    """Encodes prompts with a `FluxPipeline`'s own ``encode_prompt`` (T5 sequence, pooled CLIP)."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    @torch.no_grad()
+    def __call__(self, prompts, negative_prompt: str | None = None, *, height: int, width: int,
+                 with_negative: bool = True, device: torch.device | None = None) -> Condition:  # fmt: skip
+        """Condition of batch P = len(prompts); ``with_negative`` adds the negative prompt ("" by default)."""
+        del height, width  # FLUX has no size conditioning (the image size enters through RoPE ids and μ)
+        prompts = _as_list(prompts)
+        device = device or self.pipe.transformer.device
+        pe, pooled, _ = self.pipe.encode_prompt(prompt=prompts, prompt_2=None, device=device)  # text_ids: zeros
+        npe = npooled = None
+        if with_negative:
+            neg = [negative_prompt or ""] * len(prompts)
+            npe, npooled, _ = self.pipe.encode_prompt(prompt=neg, prompt_2=None, device=device)
+        return Condition(prompt_embeds=pe, pooled_prompt_embeds=pooled,  # [P, 512, D], [P, P_clip]
+                         negative_prompt_embeds=npe, negative_pooled_prompt_embeds=npooled)  # fmt: skip

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "flow")  # "flow": the flow-matching Euler move (σ, not ᾱ)
 COSINE_EPS = 1e-12  # denominators are clamped to this: a zero vector has cosine 0, never NaN
 
 
@@ -44,6 +44,10 @@ def ddim_move(
     3. clipping:       x̂₀ ← clamp(x̂₀, −r, r)                (optional, diffusers ``clip_sample``)
        (ε̂ is kept as predicted, as diffusers does with its default ``use_clipped_model_output=False``)
     4. move:           x' = √a'·x̂₀ + √(1−a')·ε̂
+
+    ``prediction_type="flow"`` is the flow-matching Euler move (diffusers ``FlowMatchEulerDiscreteScheduler``):
+    ``alpha_from``/``alpha_to`` are then the noise levels σ, σ' of x_σ = (1 − σ)·x₀ + σ·ε, ``model_out`` the
+    velocity v ≈ ε − x₀ (guided as in step 1), and the move is x' = x + (σ' − σ)·v (no clipping).
     """
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
@@ -54,6 +58,10 @@ def ddim_move(
     if model_out_uncond is not None:
         w = _per_sample(guidance_scale, x)
         m = model_out_uncond + w * (model_out - model_out_uncond)
+    if prediction_type == "flow":  # Euler: x' = x + (σ' − σ)·v
+        if clip_sample_range is not None:
+            raise ValueError("the flow move has no x̂₀ to clip: clip_sample_range must be None")
+        return x + (a_to - a) * m
     # 2. predicted clean sample and noise
     if prediction_type == "epsilon":
         x0_hat = (x - (1 - a).sqrt() * m) / a.sqrt()  # a = 0: ±inf (NaN where x = m), as diffusers' (x − m)/0

@@ -56,6 +56,7 @@ DDIM_DEFAULTS = dict(
     rescale_betas_zero_snr=False,
 )
 SPACINGS = ("leading", "trailing", "linspace")
+MAX_TRAIN_TIMESTEPS = 100_000  # every diffusers model trains on 1000; beyond this a schedule is a mistake (and memory)
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
@@ -67,17 +68,15 @@ class Move:
     alpha_from: float
     alpha_to: float
 
+    @property
+    def coefficients(self) -> tuple[float, float]:
+        """The coefficient pair `noisefast.ops.ddim_move` takes: (ᾱ_from, ᾱ_to)."""
+        return (self.alpha_from, self.alpha_to)
 
-@dataclass(frozen=True, eq=False)
-class DDIMSchedule:
-    """The denoising and inversion moves of a DDIM schedule (η = 0)."""
 
-    alphas_cumprod: torch.Tensor  # [T] float64 (holding diffusers' float32 values): t → ᾱ_t
-    denoise_moves: tuple[Move, ...]
-    invert_moves: tuple[Move, ...]
-    prediction_type: str  # "epsilon" or "v_prediction"
-    clip_sample_range: float | None  # None when clip_sample is off
-    config: Mapping  # the resolved DDIM config (defaults filled in, overrides applied)
+class ScheduleMoves:
+    """What every schedule (`DDIMSchedule`, `noisefast.flow_schedule.FlowSchedule`) says about its moves: the
+    subclass holds ``denoise_moves`` and ``invert_moves``, each move with its timestep ``t``."""
 
     @property
     def num_steps(self) -> int:
@@ -88,14 +87,27 @@ class DDIMSchedule:
         return len(self.invert_moves)
 
     @property
-    def denoise_timesteps(self) -> tuple[int, ...]:
-        """``DDIMScheduler.timesteps`` after ``set_timesteps(num_steps)`` (descending)."""
+    def denoise_timesteps(self) -> tuple:
+        """The scheduler's ``timesteps`` after ``set_timesteps(num_steps)`` (descending)."""
         return tuple(m.t for m in self.denoise_moves)
 
     @property
-    def invert_timesteps(self) -> tuple[int, ...]:
-        """``DDIMInverseScheduler.timesteps`` after ``set_timesteps(num_inversion_steps)`` (ascending)."""
+    def invert_timesteps(self) -> tuple:
+        """Where the inversion evaluates the model, move by move (ascending)."""
         return tuple(m.t for m in self.invert_moves)
+
+
+@dataclass(frozen=True, eq=False)
+class DDIMSchedule(ScheduleMoves):
+    """The denoising and inversion moves of a DDIM schedule (η = 0); ``invert_timesteps`` are
+    ``DDIMInverseScheduler.timesteps`` after ``set_timesteps(num_inversion_steps)``."""
+
+    alphas_cumprod: torch.Tensor  # [T] float64 (holding diffusers' float32 values): t → ᾱ_t
+    denoise_moves: tuple[Move, ...]
+    invert_moves: tuple[Move, ...]
+    prediction_type: str  # "epsilon" or "v_prediction"
+    clip_sample_range: float | None  # None when clip_sample is off
+    config: Mapping  # the resolved DDIM config (defaults filled in, overrides applied)
 
     @classmethod
     def from_config(cls, config, num_steps: int, num_inversion_steps: int | None = None, **overrides) -> "DDIMSchedule":
@@ -189,8 +201,17 @@ def resolve_config(config, overrides: Mapping | None = None) -> dict:
         raise ValueError("dynamic thresholding (thresholding=True) is not supported; it is unsuitable for latent models")
     if cfg["clip_sample"] and not (cfg["clip_sample_range"] > 0 and math.isfinite(cfg["clip_sample_range"])):
         raise ValueError(f"clip_sample_range must be a positive finite number, got {cfg['clip_sample_range']!r}")
-    if not isinstance(cfg["num_train_timesteps"], int) or cfg["num_train_timesteps"] < 1:
-        raise ValueError(f"num_train_timesteps must be a positive int, got {cfg['num_train_timesteps']!r}")
+    T = cfg["num_train_timesteps"]
+    if isinstance(T, bool) or not isinstance(T, int) or not 1 <= T <= MAX_TRAIN_TIMESTEPS:
+        raise ValueError(f"num_train_timesteps must be an int in [1, {MAX_TRAIN_TIMESTEPS}], got {T!r}")
+    for key in ("beta_start", "beta_end"):
+        v = cfg[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+            raise ValueError(f"{key} must be a number in [0, 1] (a β_t, with ᾱ_t = ∏(1 − β_s)), got {v!r}")
+    betas = cfg["trained_betas"]
+    if betas is not None and (not isinstance(betas, (list, tuple, np.ndarray, torch.Tensor)) or len(betas) != T):
+        got = f"{len(betas)} entries" if hasattr(betas, "__len__") else type(betas).__name__
+        raise ValueError(f"trained_betas must be a list of num_train_timesteps={T} numbers, got {got}")
     return cfg
 
 
@@ -211,6 +232,10 @@ def alphas_cumprod(cfg: Mapping) -> torch.Tensor:  # [T] float32
         raise ValueError(
             f"beta_schedule must be 'linear', 'scaled_linear' or 'squaredcos_cap_v2', got {cfg['beta_schedule']!r}"
         )
+    bad = ~(torch.isfinite(betas) & (betas >= 0) & (betas <= 1))
+    if bool(bad.any()):  # ᾱ > 1 (β < 0) or a NaN would reach the kernels as √(1 − ᾱ) = NaN
+        t = int(bad.nonzero()[0])
+        raise ValueError(f"betas must be in [0, 1] (ᾱ_t = ∏(1 − β_s) must stay in [0, 1]); β_{t} = {float(betas[t])!r}")
     if cfg["rescale_betas_zero_snr"]:
         betas = _rescale_zero_terminal_snr(betas)
     return torch.cumprod(1.0 - betas, dim=0)
@@ -274,8 +299,16 @@ def _as_mapping(config) -> Mapping:
             path = os.path.join(path, "scheduler_config.json")
         if not os.path.isfile(path):
             raise ValueError(f"no scheduler config at {path!r}")
-        with open(path) as f:
-            return json.load(f)
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"scheduler config {path!r} is not valid JSON ({e})") from None
+        except OSError as e:
+            raise ValueError(f"cannot read the scheduler config {path!r}: {e.strerror or e}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"scheduler config {path!r} must hold a JSON object, got {type(data).__name__}")
+        return data
     cfg = getattr(config, "config", None)
     if isinstance(cfg, Mapping):
         return cfg

@@ -20,7 +20,7 @@ from noisefast.denoisers.base import Condition, Denoiser
 from noisefast.denoisers.guidance import check_guidance_scale
 from noisefast.errors import Interrupted
 from noisefast.progress import ProgressFn
-from noisefast.schedule import DDIMSchedule
+from noisefast.flow_schedule import Schedule
 from noisefast.seeds import check_latent_shape, check_seeds
 from noisefast.transform import check_max_batch
 
@@ -112,7 +112,7 @@ class SelectionInterrupted(Interrupted):
 
 def select_noise(
     den: Denoiser,
-    sched: DDIMSchedule,
+    sched: Schedule,
     cond: Condition,  # batch 1: one prompt for every candidate
     seeds: Iterable[int] | None = None,
     k: int | None = None,

@@ -62,7 +62,7 @@ def resolve_settings(defaults: ModelDefaults, size_multiple: int, size_reason: s
     s = Settings(**values)
     for name in ("height", "width"):
         if getattr(s, name) % size_multiple:
-            raise InputError(f"{name}={getattr(s, name)} is not a multiple of {size_multiple} ({size_reason})")
+            raise InputError(f"{name}={getattr(s, name)} is not a multiple of {size_multiple} ({size_reason})", field=name)
     return s
 
 
@@ -77,7 +77,9 @@ def available_memory(device: torch.device) -> int | None:
 
 
 def check_fits_memory(rows: int, latent_shape: tuple[int, ...], width_channels: int, dtype: torch.dtype,
-                      device: torch.device, *, cfg: bool) -> None:  # fmt: skip
+                      device: torch.device, *, cfg: bool,
+                      fix: str = "use a smaller height/width or fewer rows per UNet batch (the engine's batch_size, "
+                                 "--batch-size)") -> None:  # fmt: skip
     """Refuse (`LimitError`) a UNet batch whose activations would not fit ``device``.
 
     Estimate: the first UNet block holds ≈ 16 feature maps of ``width_channels`` channels at the latent
@@ -90,8 +92,7 @@ def check_fits_memory(rows: int, latent_shape: tuple[int, ...], width_channels: 
     if have is not None and need > have:
         raise LimitError(
             f"a batch of {rows} row(s) at latent size {'×'.join(map(str, latent_shape[1:]))} needs about "
-            f"{need / 2**30:.1f} GiB on {device}, more than the {have / 2**30:.1f} GiB available; use a smaller "
-            f"height/width or fewer rows per UNet batch (the engine's batch_size, --batch-size)"
+            f"{need / 2**30:.1f} GiB on {device}, more than the {have / 2**30:.1f} GiB available; {fix}"
         )
 
 

@@ -13,13 +13,13 @@ import torch
 from noisefast import ops
 from noisefast.defaults import DEFAULT_GUIDANCE_SCALE, DEFAULT_INVERSION_GUIDANCE_SCALE
 from noisefast.denoisers.base import Condition, Denoiser
-from noisefast.schedule import DDIMSchedule
+from noisefast.flow_schedule import Schedule
 from noisefast.transform import transform
 
 
 def stability_score(
     den: Denoiser,
-    sched: DDIMSchedule,
+    sched: Schedule,
     noise: torch.Tensor,  # [B, C, H, W] ε
     cond: Condition,  # batch B or 1
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,

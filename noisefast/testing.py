@@ -1,10 +1,12 @@
-"""Tiny SDXL-architecture components with random weights, for tests and CPU benchmarks.
+"""Tiny SDXL-, SD3- and FLUX-architecture pipelines with random weights, for tests and CPU benchmarks.
 
-Same code paths as the real models (UNet2DConditionModel with SDXL's ``text_time`` added
-conditioning), a few hundred kilobytes of weights. Nothing here touches the hub.
+Same code paths as the real models (UNet2DConditionModel with SDXL's ``text_time`` added conditioning;
+SD3Transformer2DModel; FluxTransformer2DModel), a few hundred kilobytes of weights. Nothing here touches the hub.
 """
 
 from __future__ import annotations
+
+import string
 
 import torch
 
@@ -192,3 +194,141 @@ def tiny_sdxl_pipeline(folder, *, seed: int = 0, scheduler_overrides: dict | Non
     loaded = StableDiffusionXLPipeline.from_pretrained(folder)
     loaded.set_progress_bar_config(disable=True)
     return loaded
+
+
+
+# --- Tiny flow-matching pipelines: SD3 and FLUX.1 ----------------------------------------------------------
+# The real architectures shrunk — SD3Transformer2DModel (joint attention, patch 2, pooled projections) and
+# FluxTransformer2DModel (double + single stream blocks, RoPE over 3 axes, optionally FLUX.1-dev's guidance
+# embedding) — with the real text stacks (two CLIP + T5 for SD3, CLIP + T5 for FLUX), a 4-level VAE with 16 latent
+# channels (scale factor 8, SD3's/FLUX's scaling_factor and shift_factor) and the real checkpoints' scheduler
+# configs. T5's tokenizer is a Unigram over single characters built in memory (any text encodes, nothing touches
+# the hub). Each builder saves the pipeline and returns it loaded back: the folder is an ordinary diffusers
+# pipeline folder that Engine.from_pretrained(folder) loads through the real code.
+TINY_CLIP_HIDDEN = 32  # each CLIP's width (pooled: TINY_CLIP_HIDDEN for FLUX, 2·projection for SD3)
+TINY_T5_DIM = 64  # T5 width = the transformers' joint_attention_dim
+TINY_LATENT_CHANNELS = 16  # as SD3's and FLUX's VAEs
+
+# The checkpoints' scheduler_config.json (FlowMatchEulerDiscreteScheduler), the keys that differ from defaults.
+SD3_SCHEDULER_CONFIG = {"shift": 3.0}  # stable-diffusion-3-medium, 3.5-large, 3.5-large-turbo
+FLUX_DEV_SCHEDULER_CONFIG = {"shift": 3.0, "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15,
+                             "base_image_seq_len": 256, "max_image_seq_len": 4096}  # fmt: skip
+FLUX_SCHNELL_SCHEDULER_CONFIG = {"shift": 1.0, "use_dynamic_shifting": False, "base_shift": 0.5, "max_shift": 1.15,
+                                 "base_image_seq_len": 256, "max_image_seq_len": 4096}  # fmt: skip
+
+TINY_SD3_TRANSFORMER_CONFIG = dict(
+    sample_size=16, patch_size=2, in_channels=TINY_LATENT_CHANNELS, out_channels=TINY_LATENT_CHANNELS, num_layers=2,
+    attention_head_dim=8, num_attention_heads=4, joint_attention_dim=TINY_T5_DIM, caption_projection_dim=32,
+    pooled_projection_dim=2 * TINY_CLIP_HIDDEN, pos_embed_max_size=96,
+)  # fmt: skip
+TINY_FLUX_TRANSFORMER_CONFIG = dict(
+    patch_size=1, in_channels=4 * TINY_LATENT_CHANNELS, num_layers=1, num_single_layers=1, attention_head_dim=16,
+    num_attention_heads=2, joint_attention_dim=TINY_T5_DIM, pooled_projection_dim=TINY_CLIP_HIDDEN,
+    axes_dims_rope=(4, 6, 6),
+)  # fmt: skip
+
+
+def tiny_t5_tokenizer():
+    """A `T5Tokenizer` (Unigram) over single characters: ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2, ``▁``, each printable
+    ASCII character alone and after ``▁`` (word start). Built in memory; ``save_pretrained`` writes tokenizer.json."""
+    from transformers import T5Tokenizer
+
+    chars = [c for c in string.printable if not c.isspace()]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    vocab += [(c, -3.0) for c in chars] + [("▁" + c, -3.0) for c in chars]
+    return T5Tokenizer(vocab=vocab, extra_ids=0)
+
+
+def tiny_t5_encoder(vocab_size: int, seed: int = 0):
+    """A random `T5EncoderModel`: width TINY_T5_DIM, 2 layers."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(vocab_size=vocab_size, d_model=TINY_T5_DIM, d_kv=16, d_ff=2 * TINY_T5_DIM, num_layers=2,
+                      num_heads=4, relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
+                      eos_token_id=1)  # fmt: skip
+    torch.manual_seed(seed)
+    return T5EncoderModel(config).eval()
+
+
+def _clip_config():
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(vocab_size=2 + 2 * 256, hidden_size=TINY_CLIP_HIDDEN, intermediate_size=2 * TINY_CLIP_HIDDEN,
+                          projection_dim=TINY_CLIP_HIDDEN, num_hidden_layers=2, num_attention_heads=4,
+                          max_position_embeddings=TINY_MAX_TOKENS, hidden_act="gelu", bos_token_id=0, eos_token_id=1,
+                          pad_token_id=1)  # fmt: skip
+
+
+def tiny_flow_vae(seed: int = 0, *, scaling_factor: float, shift_factor: float):
+    """A random 4-level `AutoencoderKL` with 16 latent channels (scale factor 8) and the model's latent scaling."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
+                         latent_channels=TINY_LATENT_CHANNELS, norm_num_groups=8, sample_size=128,
+                         scaling_factor=scaling_factor, shift_factor=shift_factor, use_quant_conv=False,
+                         use_post_quant_conv=False).eval()  # fmt: skip
+
+
+def _save_and_reload(pipe, folder):
+    pipe.save_pretrained(folder)
+    loaded = type(pipe).from_pretrained(folder)
+    loaded.set_progress_bar_config(disable=True)
+    return loaded
+
+
+def tiny_sd3_pipeline(folder, *, seed: int = 0, scheduler_overrides: dict | None = None):
+    """A complete tiny `StableDiffusion3Pipeline` (SD3's scheduler: shift 3), saved to ``folder`` and loaded back.
+
+    Image sizes: multiples of 16 (VAE factor 8 × patch 2) up to 1536 (``pos_embed_max_size`` 96 patches).
+    """
+    import os
+    import tempfile
+
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    t5_tok = tiny_t5_tokenizer()
+    torch.manual_seed(seed)
+    te1, te2 = CLIPTextModelWithProjection(_clip_config()).eval(), CLIPTextModelWithProjection(_clip_config()).eval()
+    te3 = tiny_t5_encoder(len(t5_tok), seed)
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(**TINY_SD3_TRANSFORMER_CONFIG).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = tiny_clip_tokenizer(os.path.join(tmp, "vocab"))
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, vae=tiny_flow_vae(seed, scaling_factor=1.5305, shift_factor=0.0609),
+        scheduler=FlowMatchEulerDiscreteScheduler(**{**SD3_SCHEDULER_CONFIG, **(scheduler_overrides or {})}),
+        text_encoder=te1, tokenizer=tok, text_encoder_2=te2, tokenizer_2=tok, text_encoder_3=te3, tokenizer_3=t5_tok,
+    )  # fmt: skip
+    return _save_and_reload(pipe, folder)
+
+
+def tiny_flux_pipeline(folder, *, seed: int = 0, guidance_embeds: bool = True, scheduler_overrides: dict | None = None):
+    """A complete tiny `FluxPipeline`, saved to ``folder`` and loaded back.
+
+    ``guidance_embeds=True``: FLUX.1-dev style (guidance embedding, dynamic shifting); False: FLUX.1-schnell style
+    (no guidance input, shift 1). Image sizes: multiples of 16 (VAE factor 8 × the 2×2 packing).
+    """
+    import os
+    import tempfile
+
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    t5_tok = tiny_t5_tokenizer()
+    torch.manual_seed(seed)
+    clip = CLIPTextModel(_clip_config()).eval()
+    t5 = tiny_t5_encoder(len(t5_tok), seed)
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(**TINY_FLUX_TRANSFORMER_CONFIG, guidance_embeds=guidance_embeds).eval()
+    sched_cfg = FLUX_DEV_SCHEDULER_CONFIG if guidance_embeds else FLUX_SCHNELL_SCHEDULER_CONFIG
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = tiny_clip_tokenizer(os.path.join(tmp, "vocab"))
+    pipe = FluxPipeline(
+        transformer=transformer, vae=tiny_flow_vae(seed, scaling_factor=0.3611, shift_factor=0.1159),
+        scheduler=FlowMatchEulerDiscreteScheduler(**{**sched_cfg, **(scheduler_overrides or {})}),
+        text_encoder=clip, tokenizer=tok, text_encoder_2=t5, tokenizer_2=t5_tok,
+    )  # fmt: skip
+    return _save_and_reload(pipe, folder)

@@ -1,7 +1,8 @@
-"""D (denoise), I (invert) and F = I∘D over a batch of candidate latents.
+"""D (denoise), I (invert) and F = I∘D over a batch of candidate latents, for either sampler.
 
 1. D(ε; c):  x_T = ε, then for each denoising move (t, ᾱ_from → ᾱ_to) of the schedule
              x ← ddim_move(x, m_c, ᾱ_from, ᾱ_to, m_u, w_d)     with (m_c, m_u) = guided model outputs at t
+   (a `FlowSchedule`'s moves are (t, σ_from → σ_to) and the move is Euler's x ← x + (σ_to − σ_from)·v)
 2. I(x₀; c): the same over the inversion moves with guidance w_i
 3. F(ε) = I(D(ε))
 
@@ -37,13 +38,14 @@ from noisefast.defaults import DEFAULT_GUIDANCE_SCALE, DEFAULT_INVERSION_GUIDANC
 from noisefast.denoisers.base import Condition, Denoiser, autograd_denoiser, wants_grad
 from noisefast.denoisers.guidance import (DENOISE_RULE, INVERSION_RULE, GuidedDenoiser, check_condition_batch,
                                          check_guidance_scale)
-from noisefast.schedule import DDIMSchedule, Move
+from noisefast.flow_schedule import Schedule, check_schedule
+from noisefast.schedule import Move
 
 
 
 def denoise(
     den: Denoiser,
-    sched: DDIMSchedule,
+    sched: Schedule,
     noise: torch.Tensor,  # [B, C, H, W] ε = x_T
     cond: Condition,  # batch B or 1
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
@@ -51,16 +53,17 @@ def denoise(
     max_batch: int | None = None,
     return_intermediates: bool = False,
     checkpoint: bool = False,
+    on_move=None,  # called with no arguments after each denoising move of each chunk (progress)
 ):  # [B, C, H, W] x₀; with return_intermediates: (x₀, [N+1, B, C, H, W] latents x_T … x₀)
-    """D: the DDIM denoising loop of ``sched`` (as ``DDIMScheduler``), guided with ``guidance_scale`` as
+    """D: the denoising loop of ``sched`` (as ``DDIMScheduler`` / ``FlowMatchEulerDiscreteScheduler``), guided with ``guidance_scale`` as
     diffusers' pipeline does (> 1: ``[uncond; cond]``; ≤ 1: the conditional half only)."""
     phases = [("denoise_moves", check_guidance_scale(guidance_scale), DENOISE_RULE)]
-    return _run(den, sched, noise, cond, phases, max_batch, return_intermediates, checkpoint)
+    return _run(den, sched, noise, cond, phases, max_batch, return_intermediates, checkpoint, on_move=on_move)
 
 
 def invert(
     den: Denoiser,
-    sched: DDIMSchedule,
+    sched: Schedule,
     x0: torch.Tensor,  # [B, C, H, W] clean latent
     cond: Condition,  # batch B or 1
     guidance_scale: float = DEFAULT_INVERSION_GUIDANCE_SCALE,
@@ -69,7 +72,7 @@ def invert(
     return_intermediates: bool = False,
     checkpoint: bool = False,
 ):  # [B, C, H, W] x_T; with return_intermediates: (x_T, [N'+1, B, C, H, W] latents x₀ … x_T)
-    """I: the DDIM inversion loop of ``sched`` (as ``DDIMInverseScheduler``) on m = m_u + w·(m_c − m_u),
+    """I: the inversion loop of ``sched`` (as ``DDIMInverseScheduler``; Euler with σ ascending) on m = m_u + w·(m_c − m_u),
     ``w = guidance_scale``, for every w: 1 → conditional only, 0 → unconditional only (one call each)."""
     phases = [("invert_moves", check_guidance_scale(guidance_scale), INVERSION_RULE)]
     return _run(den, sched, x0, cond, phases, max_batch, return_intermediates, checkpoint, name="x0")
@@ -77,7 +80,7 @@ def invert(
 
 def transform(
     den: Denoiser,
-    sched: DDIMSchedule,
+    sched: Schedule,
     noise: torch.Tensor,  # [B, C, H, W] ε
     cond: Condition,  # batch B or 1
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
@@ -121,10 +124,9 @@ def check_max_batch(max_batch) -> int | None:
     return max_batch
 
 
-def _run(den, sched, x, cond, phases, max_batch, return_intermediates, use_checkpoint, name="noise"):
+def _run(den, sched, x, cond, phases, max_batch, return_intermediates, use_checkpoint, name="noise", on_move=None):
     """Validate, then run the phases (schedule attribute naming the moves, guidance) chunk by chunk."""
-    if not isinstance(sched, DDIMSchedule):
-        raise TypeError(f"sched must be a noisefast DDIMSchedule, got {type(sched).__name__}")
+    check_schedule(sched)
     check_latents(x, den, name)
     for moves, _, _ in phases:
         if not getattr(sched, moves):  # an inversion-only schedule (num_steps=0)
@@ -148,7 +150,7 @@ def _run(den, sched, x, cond, phases, max_batch, return_intermediates, use_check
             keep = [xc] if return_intermediates else None
             for moves, w, rule in phases:
                 guided = GuidedDenoiser(den, cc, xc.shape[0], w, rule)
-                xc = _run_moves(guided, getattr(sched, moves), xc, sched, keep, checkpointed)
+                xc = _run_moves(guided, getattr(sched, moves), xc, sched, keep, checkpointed, on_move)
             outs.append(xc)
             if keep is not None:
                 trajs.append(torch.stack(keep))
@@ -162,25 +164,30 @@ def _run_moves(
     guided: GuidedDenoiser,
     moves: tuple[Move, ...],
     x: torch.Tensor,  # [b, C, H, W]
-    sched: DDIMSchedule,
+    sched: Schedule,
     keep: list | None,
     checkpointed,  # None, _RecomputedStep.apply or _checkpoint_step
+    on_move=None,
 ) -> torch.Tensor:  # [b, C, H, W]
     for move in moves:
         x = (checkpointed or _step)(guided, move, x, sched)
         if keep is not None:
             keep.append(x)
+        if on_move is not None:
+            on_move()
     return x
 
 
-def _step(guided: GuidedDenoiser, move: Move, x: torch.Tensor, sched: DDIMSchedule) -> torch.Tensor:
-    """One guided DDIM move: (m_c, m_u) = guided(x, t);  x' = ddim_move(x, m_c, ᾱ_from, ᾱ_to, m_u, w)."""
+def _step(guided: GuidedDenoiser, move: Move, x: torch.Tensor, sched: Schedule) -> torch.Tensor:
+    """One guided move: (m_c, m_u) = guided(x, t);  x' = ddim_move(x, m_c, c_from, c_to, m_u, w) with the move's
+    coefficient pair — (ᾱ_from, ᾱ_to) for DDIM, (σ_from, σ_to) for the flow-matching Euler move."""
     m_c, m_u = guided(x, move.t)
+    c_from, c_to = move.coefficients
     return ops.ddim_move(
         x,
         m_c,
-        move.alpha_from,
-        move.alpha_to,
+        c_from,
+        c_to,
         model_out_uncond=m_u,
         guidance_scale=guided.guidance_scale,
         prediction_type=sched.prediction_type,
@@ -188,7 +195,7 @@ def _step(guided: GuidedDenoiser, move: Move, x: torch.Tensor, sched: DDIMSchedu
     )
 
 
-def _checkpoint_step(guided: GuidedDenoiser, move: Move, x: torch.Tensor, sched: DDIMSchedule) -> torch.Tensor:
+def _checkpoint_step(guided: GuidedDenoiser, move: Move, x: torch.Tensor, sched: Schedule) -> torch.Tensor:
     """`_step` under ``torch.utils.checkpoint`` (non-reentrant): gradients reach condition tensors too."""
     return _checkpoint(_step, guided, move, x, sched, use_reentrant=False)
 

@@ -204,17 +204,25 @@ class GenerateReport:
 
 def generate_seeds(engine: Engine, prompt: str, seeds: Sequence[int] | None = None, *,
                    latents: torch.Tensor | None = None, settings: Settings, negative_prompt: str | None = None,
-                   progress: ProgressFn | None = None, on_image=None) -> GenerateReport:  # fmt: skip
+                   progress: ProgressFn | None = None, step_progress: ProgressFn | None = None,
+                   on_image=None) -> GenerateReport:  # fmt: skip
     """D(ε) for each seed (or each row of ``latents``), a UNet batch at a time; ``on_image(seed, image)`` as each
-    is decoded (``seed`` None for given latents)."""
+    is decoded (``seed`` None for given latents); ``progress(images_done, total)`` after each batch,
+    ``step_progress(steps_done, steps_total)`` after each denoising step (steps_total = batches × steps)."""
     total = len(latents) if latents is not None else len(seeds)
     report = GenerateReport(prompt, None if latents is not None else [], requested=total)
     step = engine.batch_size_for(settings)
+    chunks = range(0, total, step)
+    steps_total = len(chunks) * settings.steps
     t = time.perf_counter()
+    if step_progress is not None:
+        step_progress(0, steps_total)  # a bar's clock starts with the work
     try:
-        for lo in range(0, total, step):
+        for n, lo in enumerate(chunks):
             chunk = dict(latents=latents[lo : lo + step]) if latents is not None else dict(seeds=list(seeds[lo : lo + step]))
-            gen = engine.generate(prompt, negative_prompt=negative_prompt, settings=settings, **chunk)
+            sp = None if step_progress is None else (  # each chunk's steps, offset by the chunks before (0s skipped)
+                lambda done, _total, base=n * settings.steps: done and step_progress(base + done, steps_total))  # fmt: skip
+            gen = engine.generate(prompt, negative_prompt=negative_prompt, settings=settings, step_progress=sp, **chunk)
             for i, img in enumerate(gen.images):
                 seed = None if latents is not None else chunk["seeds"][i]
                 if on_image is not None:

@@ -45,24 +45,19 @@ def run(coro):
 
 
 class Gate:
-    """Holds the model's worker inside the scorer until opened; counts rows that reached the UNet."""
+    """Holds the model's worker at the start of a batch until opened; counts the rows of the batches that went."""
 
     def __init__(self, batcher):
         self.open_, self.entered, self.rows, self.calls = threading.Event(), threading.Event(), 0, 0
-        inner = batcher._scorer
+        inner = batcher._run_rows
 
-        def scorer(g, settings):
-            real = inner(g, settings)
+        def run_rows(g, settings, rows):
+            self.entered.set()
+            self.open_.wait(20)
+            self.rows, self.calls = self.rows + len(rows), self.calls + 1
+            return inner(g, settings, rows)
 
-            def call(rows):
-                self.entered.set()
-                self.open_.wait(20)
-                self.rows, self.calls = self.rows + len(rows), self.calls + 1
-                return real(rows)
-
-            return call
-
-        batcher._scorer = scorer
+        batcher._run_rows = run_rows
 
     async def wait_entered(self):
         while not self.entered.is_set():

@@ -142,3 +142,17 @@ def digits_engine_1thread():
     torch.set_num_threads(1)
     yield nf.Engine.from_pretrained("builtin:digits")
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_flow_folders(tmp_path_factory):
+    """Folders holding complete tiny flow-matching pipelines, saved like real ones: ``"sd3"``
+    (StableDiffusion3Pipeline, shift 3), ``"flux-dev"`` (FluxPipeline with the guidance embedding, dynamic
+    shifting) and ``"flux-schnell"`` (no guidance embedding, shift 1)."""
+    from noisefast.testing import tiny_flux_pipeline, tiny_sd3_pipeline
+
+    root = tmp_path_factory.mktemp("tiny_flow")
+    tiny_sd3_pipeline(root / "sd3")
+    tiny_flux_pipeline(root / "flux-dev", guidance_embeds=True)
+    tiny_flux_pipeline(root / "flux-schnell", guidance_embeds=False)
+    return {name: root / name for name in ("sd3", "flux-dev", "flux-schnell")}

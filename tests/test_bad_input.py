@@ -2,8 +2,10 @@
 traceback, a huge allocation or a half-written output."""
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,6 +48,43 @@ def _existing_file(tmp_path):
     return str(tmp_path / "file")
 
 
+def _digits_with(tmp_path, card=None, scheduler=None):
+    """The built-in digits folder with its model card or scheduler config replaced (weights linked, not copied)."""
+    from noisefast.builtin import builtin_model_path
+
+    src, folder = builtin_model_path("digits"), tmp_path / "model"
+    folder.mkdir()
+    for entry in src.iterdir():
+        if entry.is_dir() and entry.name != "scheduler":
+            (folder / entry.name).symlink_to(entry, target_is_directory=True)
+    shutil.copy(src / "noisefast_model.json", folder)
+    shutil.copytree(src / "scheduler", folder / "scheduler")
+    for name, edit in (("noisefast_model.json", card), ("scheduler/scheduler_config.json", scheduler)):
+        if edit is not None:
+            path = folder / name
+            path.write_text(edit if isinstance(edit, str) else json.dumps(edit(json.loads(path.read_text()))))
+    return str(folder)
+
+
+def _sdxl_unet_config(tmp_path):
+    """A pipeline folder holding only the full-size SDXL UNet config (what export's size check reads)."""
+    folder = tmp_path / "sdxl"
+    (folder / "unet").mkdir(parents=True)
+    shutil.copy(Path(__file__).resolve().parents[2] / "shared/models/sdxl-base-1.0/unet/config.json", folder / "unet")
+    (folder / "model_index.json").write_text('{"_class_name": "StableDiffusionXLPipeline"}')
+    return str(folder)
+
+
+MODEL_FOLDERS = {
+    "{card_list}": lambda t: _digits_with(t, card="[1, 2]"),
+    "{card_no_steps}": lambda t: _digits_with(t, card=lambda c: {k: v for k, v in c.items() if k != "default_steps"}),
+    "{sched_text}": lambda t: _digits_with(t, scheduler="timestep_spacing: leading\n"),
+    "{sched_huge}": lambda t: _digits_with(t, scheduler=lambda c: c | {"num_train_timesteps": 10**10}),
+    "{sched_negative}": lambda t: _digits_with(t, scheduler=lambda c: c | {"beta_start": -0.5, "beta_end": -0.1}),
+    "{sched_trained}": lambda t: _digits_with(t, scheduler=lambda c: c | {"trained_betas": [-0.1] + [0.01] * 999}),
+}
+
+
 # (name, argv after the subcommand, expected fragment of the one-line error); "{tmp}" → tmp_path
 CLI_CASES = [
     ("huge size", ["select", "--height", "100000", "--width", "100000"], "height must be in [1, 256]"),
@@ -55,7 +94,7 @@ CLI_CASES = [
     ("too many seeds", ["select", "--seeds", "0:100000000"], "more than 10,000,000 seeds"),
     ("seed listed twice", ["select", "--seeds", "1,1"], "a seed is listed twice"),
     ("negative seed", ["select", "--seeds=-1:3"], "bad seed"),
-    ("guidance overflow", ["select", "--guidance", "1e30"], "expected a finite number in [-1000, 1000]"),
+    ("guidance overflow", ["select", "--guidance", "1e30"], "expected a finite number in [0, 1000]"),
     ("guidance nan", ["select", "--guidance", "nan"], "expected a finite number"),
     ("inversion guidance inf", ["select", "--inversion-guidance", "inf"], "expected a finite number"),
     ("lr overflow", ["optimize", "--lr", "1e300"], "expected a finite number in [1e-12, 1e+06]"),
@@ -75,6 +114,29 @@ CLI_CASES = [
     ("prompts file not utf-8", ["select", "--prompts-file", "{latin1}"], "is not UTF-8 text"),
     ("unknown device", ["select", "--device", "tpu:9"], "unknown device"),
     ("cuda absent", ["select", "--device", "cuda"], "CUDA is not available"),
+    # issue 23: every input a user can give is one line naming the argument, never "internal error"
+    ("prompt not utf-8", ["select", "--prompt", "caf\udce9"], "--prompt is not valid UTF-8 text (byte 0xe9 at character 4)"),
+    ("negative prompt not utf-8", ["score", "--negative-prompt", "\udcff"], "--negative-prompt is not valid UTF-8"),
+    ("prompts file line not utf-8", ["generate", "--prompts-file", "{latin1}"], "is not UTF-8 text: line 2, column 4"),
+    ("prompts file /dev/zero", ["select", "--prompts-file", "/dev/zero"], "/dev/zero is not a text file (a NUL byte"),
+    ("prompts file a folder", ["select", "--prompts-file", "/"], "--prompts-file / is a folder"),
+    ("model card a JSON list", ["select", "--model", "{card_list}"], "(the model card) must hold a JSON object, got list"),
+    ("model card lacks a field", ["score", "--model", "{card_no_steps}"], "(the model card) lacks 'default_steps'"),
+    ("scheduler config not JSON", ["select", "--model", "{sched_text}"], "(the scheduler config) is not valid JSON"),
+    ("num_train_timesteps 1e10", ["select", "--model", "{sched_huge}"], "num_train_timesteps must be an int in [1, 100000]"),
+    ("negative betas", ["generate", "--model", "{sched_negative}"], "beta_start must be a number in [0, 1]"),
+    ("trained betas below 0", ["select", "--model", "{sched_trained}"], "betas must be in [0, 1]"),
+    ("guidance negative", ["select", "--guidance", "-3"], "expected a finite number in [0, 1000]"),
+    ("grid negative", ["select", "--grid", "-1"], "argument --grid: expected an integer in [0, 64]"),
+    ("out empty", ["select", "--out", ""], "argument --out: empty"),
+    ("screen out empty", ["screen", "--prompts", "{prompts}", "--out", ""], "argument --out: empty"),
+    ("screen partial without summary", ["screen", "--prompts", "{prompts}", "--partial"], "--partial goes with --summary"),
+    ("variant on a builtin model", ["select", "--variant", "fp16"], "has no weight variants"),
+    ("export height", ["export", "--model", "builtin:digits", "--height", "100000", "--width", "64"], "[8, 8192]"),
+    ("export static batch 0", ["export", "--model", "builtin:digits", "--static-batch", "0"], "[1, 4096], got 0"),
+    ("export height alone", ["export", "--model", "builtin:digits", "--height", "64"], "give both --height and --width"),
+    ("export out empty", ["export", "--model", "builtin:digits", "--out", " "], "--out is empty"),
+    ("export over a folder", ["export", "--model", "builtin:digits", "--out", "{tmp}"], "is not a noisefast ONNX export"),
 ]
 
 
@@ -83,16 +145,21 @@ def test_cli_bad_input_is_one_line_exit_2(name, args, message, tmp_path, capsys,
     if name == "cuda absent" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     latin1 = tmp_path / "latin1.txt"
-    latin1.write_bytes("caf\xe9\n".encode("latin-1"))
+    latin1.write_bytes("a digit\ncaf\xe9\n".encode("latin-1"))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a handwritten digit one\n")
     subs = {"{corrupt}": lambda: _corrupt_index(tmp_path), "{pickle}": lambda: _pickle_only(tmp_path),
-            "{file}": lambda: _existing_file(tmp_path), "{latin1}": lambda: str(latin1)}  # fmt: skip
+            "{file}": lambda: _existing_file(tmp_path), "{latin1}": lambda: str(latin1),
+            "{prompts}": lambda: str(prompts), "{tmp}": lambda: _existing_file(tmp_path) and str(tmp_path)}  # fmt: skip
+    subs |= {k: (lambda f=f: f(tmp_path)) for k, f in MODEL_FOLDERS.items()}
     args = [subs[a]() if a in subs else a for a in args]
     argv = [args[0], *args[1:]]
-    if "--prompt" not in argv and "--prompts-file" not in argv:
+    if args[0] in ("score", "select", "optimize", "generate") and "--prompt" not in argv and "--prompts-file" not in argv:
         argv += ["--prompt", "a handwritten digit one"]
     if "--out" not in argv:
         argv += ["--out", str(tmp_path / "out")]
-    argv += [a for a in FAST if a not in argv] if "--steps" not in argv else ["--threads", "1"]
+    if args[0] != "export":
+        argv += [a for a in FAST if a not in argv] if "--steps" not in argv else ["--threads", "1"]
     code, err = run_main(argv, capsys)
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert code == 2, err
@@ -100,6 +167,19 @@ def test_cli_bad_input_is_one_line_exit_2(name, args, message, tmp_path, capsys,
     assert "Traceback" not in err and len(lines) == 1, err
     assert err.count("unknown built-in model") <= 1
     assert not (tmp_path / "out" / "report.json").exists()  # nothing half-written for refused input
+
+
+def test_export_checks_the_traced_size_before_loading_the_unet(tmp_path, capsys, quiet_env):
+    """SDXL's UNet traced at 8192² (a 1024² latent): ~40 GiB of activations — refused by the estimate, in a second,
+    before any weight is read (the folder holds only the UNet config)."""
+    from noisefast.settings import available_memory
+
+    have = available_memory(torch.device("cpu"))
+    if have is None or have > 32 * 2**30:
+        pytest.skip("this machine has the memory to try: the estimate would let the export run")
+    code, err = run_main(["export", "--model", _sdxl_unet_config(tmp_path), "--height", "8192", "--width", "8192",
+                          "--out", str(tmp_path / "onnx")], capsys)  # fmt: skip
+    assert code == 2 and "GiB" in err and "--static-batch" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_optimize_interrupted_in_its_first_step_keeps_a_valid_report(tmp_path, capsys, quiet_env, monkeypatch):
@@ -181,6 +261,11 @@ API_CASES = [
     ("momentum", lambda e: e.optimize("x", [0], momentum=1.0), InputError, "momentum must be in"),
     ("iterations", lambda e: e.optimize("x", [0], iterations=0), InputError, "iterations must be in"),
     ("settings and keywords", lambda e: e.score("x", [0], settings=e.settings(), steps=2), InputError, "not both"),
+    ("prompt not utf-8", lambda e: e.score("caf\udce9", [0]), InputError, "prompt is not valid UTF-8 text (byte 0xe9"),
+    ("lone surrogate", lambda e: e.select("\ud800", [0]), InputError, "prompt is not valid UTF-8 text (lone surrogate"),
+    ("negative not utf-8", lambda e: e.generate("x", [0], negative_prompt="\udcff"), InputError, "negative_prompt is not"),
+    ("guidance negative", lambda e: e.settings(guidance_scale=-3), InputError, "guidance_scale must be in [0, 1000]"),
+    ("duplicate seeds select", lambda e: e.select("x", [1, 2, 1]), InputError, "a seed is listed twice"),
 ]
 
 
@@ -205,6 +290,13 @@ LOW_LEVEL_CASES = [
     ("cosine shape mismatch", lambda: __import__("noisefast").ops.cosine_similarity(torch.zeros(2, 3), torch.zeros(3, 2)), ValueError),
     ("momentum_step_ nan lr", lambda: __import__("noisefast").ops.momentum_step_(torch.zeros(1, 4), torch.zeros(1, 4),
                                                                                   torch.zeros(1, 4), lr=float("nan"), momentum=0.5), ValueError),
+    ("momentum_step_ expanded x", lambda: __import__("noisefast").ops.momentum_step_(
+        torch.zeros(1, 4).expand(3, 4), torch.zeros(3, 4), torch.zeros(3, 4), lr=0.1, momentum=0.5), ValueError),
+    ("schedule num_train_timesteps 1e10", lambda: __import__("noisefast").DDIMSchedule.from_config(
+        {"num_train_timesteps": 10**10}, 2), ValueError),
+    ("schedule negative betas", lambda: __import__("noisefast").DDIMSchedule.from_config(
+        {"beta_start": -0.5, "beta_end": 0.02}, 2), ValueError),
+    ("schedule config not JSON", lambda: __import__("noisefast").DDIMSchedule.from_config(__file__, 2), ValueError),
 ]
 
 

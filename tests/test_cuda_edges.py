@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from noisefast import ops, ref
-from tests._ops_helpers import HAS_CUDA, assert_flash_close, requires_extension
+from _ops_helpers import HAS_CUDA, assert_flash_close, requires_extension
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU"), requires_extension]
 

@@ -1,6 +1,6 @@
 """Fast-path UNet preparation (noisefast.denoisers.fastpath) scores what the plain path scores.
 
-Tolerance (error model, as bench.common.score_tolerance): 16 units of fp32 rounding per UNet call, added over
+Tolerance (error model, as noisefast.bench.scoring.score_tolerance): 16 units of fp32 rounding per UNet call, added over
 the chain — other memory formats and attention kernels round differently, nothing more."""
 
 import pytest

@@ -22,6 +22,9 @@ CONFIGS = [
     ("v_prediction", False, 1.0, True, "invert"),
     ("v_prediction", True, 1.5, False, "denoise"),
     ("epsilon", True, None, True, "invert"),
+    # the flow-matching Euler move x' = x + (σ' − σ)·v (the coefficient pair read as σ, σ')
+    ("flow", True, None, True, "invert"),
+    ("flow", False, None, False, "denoise"),
 ]
 CONFIG_IDS = [f"{p[:3]}-{'cfg' if u else 'cond'}-clip{c}-{'perB' if s else 'scalar'}-{d}" for p, u, c, s, d in CONFIGS]
 
@@ -148,8 +151,9 @@ def test_non_contiguous_and_empty_inputs(device):
     assert ops.ddim_move(empty, empty, 0.4, 0.7).shape == (0, 4, 8, 8)
 
 
-@pytest.mark.parametrize("uncond, clip", [(False, None), (True, 1.0)])
-def test_opcheck(uncond, clip):
+@pytest.mark.parametrize("uncond, clip, prediction", [(False, None, "epsilon"), (True, 1.0, "epsilon"),
+                                                      (True, None, "flow")])
+def test_opcheck(uncond, clip, prediction):
     B, shape = 3, (3, 4, 5, 5)
     x, m_c = randn(shape, torch.float32, "cpu", 1), randn(shape, torch.float32, "cpu", 2)
     m_u = randn(shape, torch.float32, "cpu", 3) if uncond else None
@@ -157,10 +161,11 @@ def test_opcheck(uncond, clip):
         if t is not None:
             t.requires_grad_(True)
     coefs = (torch.full((B,), 0.3), torch.full((B,), 0.9), torch.full((B,), 2.5))
-    torch.library.opcheck(ops._ddim_move_op, (x, m_c, m_u, *coefs, "epsilon", clip))
+    torch.library.opcheck(ops._ddim_move_op, (x, m_c, m_u, *coefs, prediction, clip))
     grad = randn(shape, torch.float32, "cpu", 4)
     saved = (x.detach(), m_c.detach(), None if m_u is None else m_u.detach()) if clip else (None, None, None)
-    torch.library.opcheck(ops._ddim_move_backward_op, (grad, *saved, *coefs, "v_prediction", clip, uncond))
+    backward_prediction = "v_prediction" if prediction == "epsilon" else prediction
+    torch.library.opcheck(ops._ddim_move_backward_op, (grad, *saved, *coefs, backward_prediction, clip, uncond))
 
 
 def test_inversion_undoes_denoising_without_clipping():
@@ -169,3 +174,30 @@ def test_inversion_undoes_denoising_without_clipping():
     m = randn((2, 4, 8, 8), torch.float64, "cpu", 12)
     back = ops.ddim_move(ops.ddim_move(x, m, 0.2, 0.9), m, 0.9, 0.2)
     torch.testing.assert_close(back, x, rtol=0, atol=1e-12 * math.sqrt(x.numel()))
+
+
+def test_flow_move_is_euler_and_its_reverse():
+    """The flow move is x + (σ' − σ)·v exactly as diffusers' FlowMatchEulerDiscreteScheduler.step computes it
+    (float32 dt = σ' − σ, then sample + dt·v), and the move back with the same velocity undoes it."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    sched.set_timesteps(4)
+    x = randn((2, 4, 8, 8), torch.float32, "cpu", 21)
+    v = randn((2, 4, 8, 8), torch.float32, "cpu", 22)
+    for i, t in enumerate(sched.timesteps[:2]):
+        s_from, s_to = sched.sigmas[i].item(), sched.sigmas[i + 1].item()
+        want = sched.step(v, t, x, return_dict=False)[0]
+        got = ops.ddim_move(x, v, s_from, s_to, prediction_type="flow")
+        # one rounding of the multiply-add may be fused (FMA) in the kernel: ≤ 1 ulp of |x'| per element
+        assert (got - want).abs().max() <= 2.0**-23 * want.abs().max()
+        x = want
+    x64, v64 = to64(x), to64(v)
+    back = ops.ddim_move(ops.ddim_move(x64, v64, 0.8, 0.3, prediction_type="flow"), v64, 0.3, 0.8, prediction_type="flow")
+    torch.testing.assert_close(back, x64, rtol=0, atol=1e-12 * math.sqrt(x64.numel()))
+
+
+def test_flow_move_refuses_clipping():
+    x = randn((2, 4, 3, 3), torch.float32, "cpu", 1)
+    with pytest.raises(ValueError, match="clip"):
+        ops.ddim_move(x, x, 0.5, 0.2, prediction_type="flow", clip_sample_range=1.0)

@@ -69,15 +69,32 @@ def test_cosine_rejects(a, b, error, message):
     (dict(momentum=torch.tensor(0.5)), TypeError, r"momentum must be a float, got Tensor"),
     (dict(renorm=0.0), ValueError, r"renorm must be finite and > 0; got 0.0"),
     (dict(renorm=torch.tensor([1.0, 2.0, -3.0])), ValueError, r"renorm must be finite and > 0; got \[-3.0\]"),
-    (dict(velocity="x"), ValueError, r"x, grad and velocity must not share memory"),
+    (dict(velocity="x"), ValueError, r"x and velocity share memory"),
+    (dict(grad="x"), ValueError, r"x and grad share memory"),
+    (dict(velocity="x[1:]"), ValueError, r"x and velocity share memory"),  # overlapping views, different pointers
+    (dict(x="expanded"), ValueError, r"x is updated in place but its elements share memory .* strides \(0, "),
+    (dict(velocity="expanded"), ValueError, r"velocity is updated in place but its elements share memory"),
+    (dict(x="windows"), ValueError, r"x is updated in place but its elements share memory"),  # as_strided overlap
 ])
 def test_momentum_rejects(overrides, error, message):
-    x, grad, velocity = X.clone(), M.clone(), torch.zeros_like(X)
+    """Every refusal comes before anything is written: neither x nor velocity changes (no half-applied step)."""
+    base = torch.cat([X, X[:1]]).clone()  # one spare row, for the overlapping views
+    x, grad, velocity = base[:3], M.clone(), torch.randn_like(X)
+    views = {"x": lambda: x, "x[1:]": lambda: base[1:4], "expanded": lambda: X[:1].clone().expand(3, 4, 5, 5),
+             "windows": lambda: torch.zeros(400).as_strided((3, 4, 5, 5), (50, 25, 5, 1))}  # fmt: skip
     kwargs = dict(x=x, grad=grad, velocity=velocity, lr=0.1, momentum=0.5)
-    kwargs.update(overrides)
-    if isinstance(kwargs["velocity"], str):  # "x": alias x itself
-        kwargs["velocity"] = x
-    before = x.clone()
+    kwargs.update({k: views[v]() if isinstance(v, str) else v for k, v in overrides.items()})
+    written = [kwargs["x"], kwargs["velocity"]]
+    before = [t.clone() for t in written]
     with pytest.raises(error, match=message):
         ops.momentum_step_(kwargs.pop("x"), kwargs.pop("grad"), kwargs.pop("velocity"), **kwargs)
-    assert torch.equal(x, before), "a rejected call must not touch x"
+    assert all(torch.equal(t, b) for t, b in zip(written, before)), "a rejected call must not touch x or velocity"
+
+
+def test_momentum_accepts_separate_views_of_one_buffer():
+    """Disjoint views (two halves of one buffer, a transposed x) are fine: only real overlaps are refused."""
+    buf = torch.zeros(3, 2, 4, 5, 5)
+    ref_x, ref_v = torch.zeros(3, 4, 5, 5), torch.zeros(3, 4, 5, 5)
+    ops.momentum_step_(buf[:, 0], M, buf[:, 1], lr=0.1, momentum=0.5)
+    ops.momentum_step_(ref_x, M, ref_v, lr=0.1, momentum=0.5)
+    assert torch.equal(buf[:, 0], ref_x) and torch.equal(buf[:, 1], ref_v)

@@ -33,9 +33,16 @@ GOOD = [
     ("p.jsonl", '{"prompt": "a", "id": "x"}\n\n{"prompt": "b", "negative_prompt": "blurry"}\n"c"\n', ["a", "b", "c"]),
     ("p.csv", "id,prompt\n1,a\n2,\n3,b\n", ["a", "b"]),
     ("p.parquet", {"prompt": ["a", None, "b", "a"]}, ["a", "b"]),
+    # lines end at \n or \r\n only: U+2028, U+2029, U+0085, \x0b, \x0c, \x1c stay inside a prompt
+    ("u2028.txt", "a\u2028b\r\nc\u2029d\x85e\x0bf\x0cg\x1ch\n\ufeffi\n", ["a\u2028b", "c\u2029d\x85e\x0bf\x0cg\x1ch", "\ufeffi"]),
+    ("u2028.jsonl", '{"prompt": "a\u2028b", "id": "x"}\r\n{"prompt": "c"}\n', ["a\u2028b", "c"]),  # raw U+2028
+    ("bom.txt", "\ufeffa\nb", ["a", "b"]),  # a leading BOM is not part of the first prompt; no final newline
 ]
 BAD = [
     ("p.txt", b"caf\xe9\n", "not UTF-8"),
+    ("p.csv", b"prompt\nok\nsecond caf\xe9\n", r"not UTF-8 text: line 3, column 11: byte 0xe9"),
+    ("p.txt", b"a\x00b\n", r"not a text file \(a NUL byte on line 1\)"),
+    ("p.jsonl", '{"prompt": "a\\udcff"}\n', r"p.jsonl:1: prompt is not valid UTF-8 text \(byte 0xff"),
     ("p.csv", "text\nhello\n", "no 'prompt' column"),
     ("p.parquet", {"text": ["a"]}, "no 'prompt' column"),
     ("p.jsonl", '{"prompt": "a"}\n{oops\n', "p.jsonl:2"),

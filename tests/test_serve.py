@@ -23,7 +23,7 @@ def test_score_select_equal_engine(engine):
     async def go():
         async with served(engine) as c:
             r1 = await c.post("/v1/score", json=body(seeds=[5, 1, 9, 2]))
-            r2 = await c.post("/v1/select", json=body(P7, {"start": 0, "stop": 12}))
+            r2 = await c.post("/v1/select", json=body(P7, {"start": 0, "count": 12}))
             return r1, r2
 
     r1, r2 = run(go())
@@ -160,7 +160,7 @@ def test_timeout_504_and_disconnect_drop_queued_rows(engine):
 
     r_first, second, sent, gate, dropped = run(go())
     assert r_first.status_code == 504  # it was in the UNet when its time ran out: answered 504, rows done anyway
-    assert second.status_code == 504 and "within" in second.json()["detail"]
+    assert second.status_code == 504 and "within" in second.json()["error"]["msg"]
     assert sent[0]["status"] == 499
     assert gate.rows == 4 and gate.calls == 1  # only the first request's rows ever reached the UNet
     assert dropped == 6
@@ -207,7 +207,7 @@ def test_poisoned_request_fails_alone(engine, monkeypatch):
 
     (good, bad, good2, gen), batches = run(go())
     assert batches == 1 and bad.status_code == 500 and gen.status_code == 422, (bad.text, gen.text)
-    assert "finite" in gen.json()["detail"]
+    assert "finite" in gen.json()["error"]["msg"] and gen.json()["error"]["loc"] == ["body", "noise"]
     monkeypatch.setattr(engine, "condition", real)
     torch.testing.assert_close(torch.tensor(good.json()["scores"]), engine.score(P3, [0, 1], **FAST), atol=1e-5, rtol=0)
     torch.testing.assert_close(torch.tensor(good2.json()["scores"]), engine.score(P7, [4, 5], **FAST), atol=1e-5, rtol=0)

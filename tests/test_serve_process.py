@@ -53,7 +53,8 @@ def test_disconnect_drops_rows_then_sigterm_drains_in_flight_request():
     request in flight finish."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", MAIN, "serve", "--port", str(port), "--batch-size", "8",
-                             "--graceful-timeout", "60", "--timeout", "120", "--log-level", "warning"],
+                             "--graceful-timeout", "60", "--timeout", "120", "--log-level", "warning",
+                             "--max-cost", "10000000"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env=os.environ | {"OMP_NUM_THREADS": "1"})  # fmt: skip
     try:
@@ -62,7 +63,7 @@ def test_disconnect_drops_rows_then_sigterm_drains_in_flight_request():
         # (1) 512 rows at batch 8: ~minutes of work; the client leaves after 1 s
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(base + "/v1/select", timeout=1.0, json={
-                "prompt": "a handwritten digit four", "seeds": {"start": 0, "stop": 512},
+                "prompt": "a handwritten digit four", "seeds": {"start": 0, "count": 512},
                 "settings": {"steps": 10, "inversion_steps": 10}})
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and metric(base, "noisefast_queue_rows") > 0:
@@ -78,7 +79,7 @@ def test_disconnect_drops_rows_then_sigterm_drains_in_flight_request():
 
         def slow():  # 64 rows × 20 DDIM moves: in flight when SIGTERM lands
             out["r"] = httpx.post(base + "/v1/select", timeout=60, json={
-                "prompt": "a handwritten digit four", "seeds": {"start": 0, "stop": 64},
+                "prompt": "a handwritten digit four", "seeds": {"start": 0, "count": 64},
                 "settings": {"steps": 10, "inversion_steps": 10}})
 
         t = threading.Thread(target=slow)
@@ -97,6 +98,66 @@ def test_disconnect_drops_rows_then_sigterm_drains_in_flight_request():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        proc.stderr.close()
+
+
+def _exchange(port: int, data: bytes, wait: float = 10.0) -> tuple[bytes, float]:
+    """Send raw bytes on a fresh connection; (what came back until the server closed or ``wait`` passed, seconds)."""
+    t = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
+        try:
+            s.sendall(data)
+        except OSError:  # the server closed while we were still sending (an 8 MB header)
+            pass
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+                if b"\r\n\r\n" in out and b"content-length" in out.lower():
+                    head, _, body = out.partition(b"\r\n\r\n")
+                    length = int(next(l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")))
+                    if len(body) >= length:
+                        break
+        except (socket.timeout, ConnectionResetError):
+            pass
+    return out, time.monotonic() - t
+
+
+def test_connection_limits_of_a_real_server():
+    """uvicorn as ``noisefast serve`` runs it: a header block over --max-header-bytes is 431 with the error body (and
+    one far over it is refused by the h11 parser, never held whole); an incomplete body is 408 after --body-timeout
+    (never waited on forever); an idle keep-alive connection is closed after --keep-alive-timeout; then a normal
+    request is served."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", MAIN, "serve", "--port", str(port), "--no-warmup", "--log-level",
+                             "warning", "--max-header-bytes", "4096", "--max-headers", "30", "--body-timeout", "1",
+                             "--keep-alive-timeout", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=os.environ | {"OMP_NUM_THREADS": "1"})  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(base + "/readyz", proc)
+        head = b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        big, _ = _exchange(port, head + b"X-Big: " + b"z" * 6000 + b"\r\nContent-Length: 2\r\n\r\n{}")
+        assert big.startswith(b"HTTP/1.1 431") and b"--max-header-bytes" in big, big[:300]
+        many, _ = _exchange(port, head + b"".join(b"X-%d: 1\r\n" % i for i in range(40)) + b"Content-Length: 2\r\n\r\n{}")
+        assert many.startswith(b"HTTP/1.1 431") and b"--max-headers" in many, many[:300]
+        huge, secs = _exchange(port, head + b"X-Huge: " + b"z" * 8_000_000 + b"\r\n\r\n")
+        assert (huge == b"" or huge.startswith(b"HTTP/1.1 4")) and secs < 10, (huge[:200], secs)
+        partial, secs = _exchange(port, head + b"Content-Length: 100\r\n\r\n" + b'{"prompt": ')
+        assert partial.startswith(b"HTTP/1.1 408") and b"--body-timeout" in partial and 0.9 < secs < 5, (partial[:300], secs)
+        idle, secs = _exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", wait=10)
+        assert idle.startswith(b"HTTP/1.1 200"), idle
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:  # keep-alive: closed after ~1 s idle
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            t, got = time.monotonic(), b""
+            while chunk := s.recv(65536):
+                got += chunk
+            assert got.startswith(b"HTTP/1.1 200") and 0.9 < time.monotonic() - t < 5
+        ok = httpx.post(base + "/v1/score", timeout=60, json={"prompt": "a handwritten digit one", "seeds": [1, 2]})
+        assert ok.status_code == 200 and len(ok.json()["scores"]) == 2
+    finally:
+        proc.kill()
+        proc.wait()
         proc.stderr.close()
 
 

@@ -13,7 +13,7 @@ __device__ __forceinline__ void for_each_move_chunk(const Args& p, Body&& body) 
   const float* a_to = static_cast<const float*>(p.alpha_to);
   const float* w = static_cast<const float*>(p.guidance);
   for_each_chunk(p.B, p.N, [&](int64_t b, int64_t, int64_t lo, int64_t hi) {
-    body(DdimCoefs<float>::make(a[b], a_to[b], w[b], p.v_prediction, p.clip_range), b, lo, hi);
+    body(DdimCoefs<float>::make(a[b], a_to[b], w[b], p.v_prediction, p.flow, p.clip_range), b, lo, hi);
   });
 }
 

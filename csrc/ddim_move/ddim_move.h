@@ -1,5 +1,7 @@
 // Guided DDIM move (η = 0) between cumulative alphas a = ᾱ_from and a' = ᾱ_to, and its backward.
 // Denoising (a < a') and inversion (a > a') are the same move. Reference: noisefast/ref.py::ddim_move.
+// The flow-matching Euler move (prediction "flow") is the same affine kernel with the coefficient pair read
+// as noise levels a = σ, a' = σ' (see below).
 //
 //   1. guidance:     m  = m_u + w·(m_c − m_u)                      (m = m_c without m_u)
 //   2. prediction:   epsilon: x̂₀ = (x − √(1−a)·m)/√a,  ε̂ = m
@@ -9,6 +11,11 @@
 //   4. move:         x' = √a'·x̂₀ + √(1−a')·ε̂
 //
 // Without clipping the move is affine, x' = c_x·x + c_m·m, and one multiply-add per input does it.
+//
+// Flow matching (rectified flow, diffusers FlowMatchEulerDiscreteScheduler): x_σ = (1 − σ)·x₀ + σ·ε, the model
+// predicts the velocity v ≈ ε − x₀ and one Euler move from σ to σ' is x' = x + (σ' − σ)·v, i.e. c_x = 1,
+// c_m = σ' − σ (computed from the two σ in double and rounded once: diffusers' float32 dt = σ' − σ exactly).
+// No clipping in flow mode (the bindings refuse it).
 //
 // ᾱ = 0 (zero terminal SNR) is allowed: v prediction never divides (c_x = √(1−a'), c_m = −√a' at a = 0),
 // nor does any move to a' = 0. Epsilon prediction from a = 0 divides by √a = 0: ops.py admits it only with
@@ -33,6 +40,7 @@ struct DdimMoveArgs {
   int64_t B, N;
   DType dtype;
   bool v_prediction;
+  bool flow;               // flow-matching Euler move: alpha_from/alpha_to hold σ/σ' (v_prediction, clip false)
   bool clip;               // clamp x̂₀ to [−clip_range, clip_range]
   double clip_range;
 };
@@ -51,6 +59,7 @@ struct DdimMoveBackwardArgs {
   int64_t B, N;
   DType dtype;
   bool v_prediction;
+  bool flow;
   bool clip;
   double clip_range;
 };
@@ -63,8 +72,15 @@ struct DdimCoefs {
   acc_t cx, cm;            // affine form x' = c_x·x + c_m·m (no clipping)
   acc_t w, r;              // guidance scale, clip range
 
-  NF_HD static DdimCoefs make(double a, double a_to, double w, bool v_prediction, double r) {
+  NF_HD static DdimCoefs make(double a, double a_to, double w, bool v_prediction, bool flow, double r) {
     DdimCoefs c;
+    if (flow) {          // x' = x + (σ' − σ)·v   (a = σ, a' = σ'); the DDIM fields stay unused
+      c.sa = c.s1a = c.inv_sa = c.sa_to = c.s1a_to = acc_t(0);
+      c.cx = acc_t(1);
+      c.cm = acc_t(a_to - a);
+      c.w = acc_t(w); c.r = acc_t(r);
+      return c;
+    }
     const double sa = sqrt(a), s1a = sqrt(1.0 - a), sat = sqrt(a_to), s1at = sqrt(1.0 - a_to);
     c.sa = acc_t(sa); c.s1a = acc_t(s1a); c.inv_sa = acc_t(1.0 / sa);
     c.sa_to = acc_t(sat); c.s1a_to = acc_t(s1at);

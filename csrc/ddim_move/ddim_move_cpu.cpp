@@ -77,7 +77,7 @@ void for_each_move_chunk(const Args& p, bool uncond, const Launch& launch, F&& f
     dispatch_flags(uncond, p.clip, p.v_prediction, [&](auto u, auto cl, auto v) {
       using Var = Variant<T, decltype(u)::value, decltype(cl)::value, decltype(v)::value>;
       for_each_chunk(RowChunks(p.B, p.N, kChunk), launch, [&](int64_t b, int64_t lo, int64_t hi) NF_CPU_HOT_LAMBDA {
-        fn(Var{}, Coefs<T>::make(a[b], a_to[b], w[b], Var::kV, p.clip_range), Row<T>{b * p.N}, lo, hi);
+        fn(Var{}, Coefs<T>::make(a[b], a_to[b], w[b], Var::kV, p.flow, p.clip_range), Row<T>{b * p.N}, lo, hi);
       });
     });
   });

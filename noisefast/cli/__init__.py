@@ -1,70 +1,57 @@
-"""The ``noisefast`` command: ``noisefast {score,select,optimize,generate,export,...} [options]``.
+"""The ``noisefast`` command: ``noisefast {score,select,optimize,generate,export,serve,screen,bench} [options]``.
 
 Each subcommand is a module of this package exposing ``COMMAND`` (a `noisefast.cli.args.Command`: help
-text, ``add_arguments(parser)``, ``run(args) -> exit code``), registered in `COMMANDS` by name; it runs
-the use cases of `noisefast.workflows` and only parses, prints and writes files. Only the subcommand being
-run is imported (its options need no torch), so ``noisefast --help`` and ``noisefast CMD --help`` answer at once.
+text, ``add_arguments(parser)``, ``run(args) -> exit code``), registered in `noisefast.cli.parser.COMMANDS`; it runs
+the use cases of `noisefast.workflows` and only parses, prints and writes files.
 
-Exit codes: 0 success; 2 bad input, model or output path (a `noisefast.errors.NoisefastError` or an
-argparse error, printed as one line); 130 interrupted (Ctrl-C; what finished is kept and reported);
-1 an internal error (a bug: one line, and the traceback with ``--debug``).
+This module is the console entry point and stays tiny: importing it loads nothing but the standard library's
+``os``/``signal``/``sys``, and `main` installs its Ctrl-C handling before it imports anything else (argparse, the
+subcommand, torch), so a Ctrl-C at any moment — also in the first second, while torch is being imported — ends
+in one line and exit 130, never a traceback.
+
+Exit codes: 0 success; 2 bad input, model or output path (a `noisefast.errors.NoisefastError`, an argparse
+error, or a filesystem fault a user can fix — read-only, no permission, a full disk —, printed as one line);
+130 interrupted (Ctrl-C; what finished is kept and reported); 1 an internal error (a bug: one line, and the
+traceback with ``--debug``).
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
+import signal
 import sys
 
-from noisefast.cli.args import Command, parse_seeds
-
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
-
 EXIT_INTERNAL = 1
-COMMANDS: dict[str, tuple[str, str]] = {  # name → (module holding COMMAND, one-line help for `noisefast --help`)
-    "score": ("noisefast.cli.score", "inversion stability s(ε) = cos(ε, I(D(ε))) of each seed's noise"),
-    "select": ("noisefast.cli.select", "pick the most stable of many seeds (Algorithm 1)"),
-    "optimize": ("noisefast.cli.optimize", "optimise each seed's noise for inversion stability (Algorithm 2)"),
-    "generate": ("noisefast.cli.generate", "denoise each seed's noise and write the images"),
-    "export": ("noisefast.cli.export", "export a model's UNet to ONNX"),
-    "serve": ("noisefast.cli.serve", "serve the four algorithms over HTTP"),
-    "screen": ("noisefast.cli.screen", "screen many prompts × many seeds into a resumable Parquet dataset"),
-}
+_interrupted = False  # set by the SIGINT handler: an error after a Ctrl-C is the Ctrl-C's doing, not a bug
 
 
-def load_command(name: str) -> Command:
-    return importlib.import_module(COMMANDS[name][0]).COMMAND
+def _on_sigint(signum, frame):
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (naming the option and the problem) and a pointer to --help."""
+def _install_sigint():
+    """Our handler (it raises KeyboardInterrupt, as Python's does, and remembers it); returns the previous one, or
+    None when none was installed (not the main thread, or a handler other than Python's default is in place)."""
+    global _interrupted
+    _interrupted = False
+    try:
+        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            return None  # an embedding program's own handling (or SIG_IGN) is left alone
+        return signal.signal(signal.SIGINT, _on_sigint)
+    except ValueError:  # not the main thread
+        return None
 
-    def error(self, message: str):
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
-
-def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    """The parser; only the subcommand named in ``argv`` (all of them when ``argv`` is None) gets its options."""
-    from noisefast import __version__
-
-    parser = _Parser(
-        prog="noisefast",
-        description="Diffusion noise selection and optimization by inversion stability (SDXL, SDXL-Turbo, built-in models).",
-    )
-    parser.add_argument("--version", action="version", version=f"noisefast {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks and library logs")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    chosen = None if argv is None else next((a for a in argv if a in COMMANDS), "")
-    for name, (_, summary) in COMMANDS.items():
-        if chosen in (None, name):
-            cmd = load_command(name)
-            p = sub.add_parser(name, help=summary, description=cmd.help)
-            cmd.add_arguments(p)
-            p.set_defaults(_command=cmd)
-        else:
-            sub.add_parser(name, help=summary)
-    return parser
+def _interrupted_exit() -> int:
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while we report the first: no traceback
+    except ValueError:
+        pass
+    print("noisefast: interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def _quiet_libraries() -> None:
@@ -90,30 +77,78 @@ def _one_line(e: BaseException) -> str:
     return text if len(text) <= 500 else text[:497] + "..."
 
 
+def _os_error_line(e: OSError) -> str | None:
+    """A filesystem fault a user can fix, as one line naming the path and what to do (None: not one of those)."""
+    import errno
+
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.EISDIR,
+                       errno.ENOTDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.ENOTEMPTY, errno.EBUSY, errno.ELOOP):  # fmt: skip
+        return None
+    from noisefast.atomic import output_error
+
+    where = e.filename if e.filename is not None else "a file"
+    return str(output_error(e, where, "use"))
+
+
 def main(argv: list[str] | None = None) -> int:
+    previous = _install_sigint()  # first: a Ctrl-C during the imports below is one line and exit 130
+    try:
+        return _main(sys.argv[1:] if argv is None else list(argv))
+    except KeyboardInterrupt:
+        return _interrupted_exit()
+    finally:
+        if previous is not None:
+            try:
+                signal.signal(signal.SIGINT, previous)
+            except ValueError:
+                pass
+
+
+def _main(argv: list[str]) -> int:
+    from noisefast.cli.parser import build_parser
     from noisefast.errors import NoisefastError
 
-    argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv[:1] or os.environ.get("NOISEFAST_DEBUG") == "1"
     args = build_parser(argv).parse_args(argv)
-    if not debug:
-        _quiet_libraries()
     try:
+        if not debug:
+            _quiet_libraries()
         return int(args._command.run(args) or EXIT_OK)
     except KeyboardInterrupt:
-        print("noisefast: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted_exit()
     except NoisefastError as e:
+        if _interrupted:  # e.g. a model load that failed because the Ctrl-C broke an import
+            return _interrupted_exit()
         if debug:
             raise
         print(f"noisefast {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return e.exit_code
     except Exception as e:  # a bug, or an environment failure no check foresaw: one line, traceback on request
+        if _interrupted:
+            return _interrupted_exit()
         if debug:
             raise
+        line = _os_error_line(e) if isinstance(e, OSError) else None
+        if line is None and isinstance(e, MemoryError):
+            line = "out of memory: use a smaller height/width, fewer seeds or fewer rows per UNet batch (--batch-size)"
+        if line is not None:
+            print(f"noisefast {args.command}: error: {_one_line(line)}", file=sys.stderr)
+            return EXIT_USAGE
         print(f"noisefast {args.command}: internal error: {type(e).__name__}: {_one_line(e)} "
               f"(run with --debug for the traceback)", file=sys.stderr)  # fmt: skip
         return EXIT_INTERNAL
+
+
+def __getattr__(name: str):  # the parser's names, loaded when asked for (importing this module stays tiny)
+    if name in ("COMMANDS", "build_parser", "load_command"):
+        from noisefast.cli import parser
+
+        return getattr(parser, name)
+    if name in ("parse_seeds", "Command"):
+        from noisefast.cli import args
+
+        return getattr(args, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["COMMANDS", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main", "parse_seeds"]

@@ -78,6 +78,13 @@ def single_seed(text: str) -> list[int]:
     return seeds
 
 
+def out_path(text: str) -> str:
+    """``--out``: a path; an empty one (which would write into the current folder) is refused."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty: name a folder (--out . for the current folder)")
+    return text
+
+
 def int_in(lo: int, hi: int) -> Callable[[str], int]:
     """An argument type: an integer in [lo, hi] (a nameless `noisefast.params.Param`)."""
     return Param("", int, "", lo, hi).arg_type()
@@ -122,7 +129,7 @@ def add_settings_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_output_arguments(p: argparse.ArgumentParser, *, images: bool = True) -> None:
     g = p.add_argument_group("output")
-    g.add_argument("--out", default="out", metavar="DIR", help="folder for the report" + (" and PNGs" if images else "")
+    g.add_argument("--out", type=out_path, default="out", metavar="DIR", help="folder for the report" + (" and PNGs" if images else "")
                    + " (default: out)")  # fmt: skip
     g.add_argument("--json", action="store_true", help="print the report as JSON on stdout instead of a summary")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -146,18 +153,18 @@ def optimize_options(args: argparse.Namespace) -> dict:
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
-    """``--prompt`` or the non-empty, non-comment lines of ``--prompts-file`` (UTF-8)."""
+    """``--prompt`` or the non-empty, non-comment lines of ``--prompts-file`` (UTF-8, lines end at \\n or \\r\\n
+    only: `noisefast.textio`)."""
+    from noisefast.textio import check_text, read_text_lines
+
+    if getattr(args, "negative_prompt", None) is not None:
+        check_text(args.negative_prompt, "--negative-prompt")
     if args.prompt is not None:
         if not args.prompt.strip():
             raise InputError("--prompt is empty")
-        return [args.prompt]
-    try:
-        with open(args.prompts_file, encoding="utf-8") as f:
-            prompts = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
-    except UnicodeDecodeError as e:
-        raise InputError(f"--prompts-file {args.prompts_file} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise InputError(f"cannot read --prompts-file {args.prompts_file}: {e.strerror or e}") from None
+        return [check_text(args.prompt, "--prompt")]
+    lines = read_text_lines(args.prompts_file, "--prompts-file")
+    prompts = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
     if not prompts:
         raise InputError(f"--prompts-file {args.prompts_file} holds no prompts")
     return prompts

@@ -30,9 +30,10 @@ def run(args: argparse.Namespace) -> int:
         def write(seed, img, folder=folder, rec=rec):
             rec["images"][str(seed)] = run.rel(save_png(img, folder / f"seed-{seed}.png"))
 
-        with run.bar(f"generate [{i + 1}/{len(run.prompts)}]", "images") as bar:
+        # the bar moves per denoising step (a pixel model's 64 images are one batch: per-image progress would jump)
+        with run.bar(f"generate [{i + 1}/{len(run.prompts)}] {len(args.seeds)} image(s)", "steps") as bar:
             r = generate_seeds(run.engine, prompt, args.seeds, settings=run.settings,
-                               negative_prompt=args.negative_prompt, progress=bar, on_image=write)  # fmt: skip
+                               negative_prompt=args.negative_prompt, step_progress=bar, on_image=write)  # fmt: skip
         rec |= r.as_dict()
         if not r.complete:
             return run.finish(lines + [f"prompt {fmt_prompt(prompt)}: interrupted after {len(r.seeds)} images"], True)

@@ -7,6 +7,8 @@ what finished: the report then says ``"complete": false`` and the command exits 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import sys
 import time
@@ -23,18 +25,49 @@ from noisefast.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE  # noqa: F401  (
 
 
 def prepare_out_dir(out: str) -> Path:
-    """``--out`` as a folder that exists and is writable, or an `OutputError` naming the problem."""
+    """``--out`` as a folder that exists and is writable, or an `OutputError` naming the problem; temporary files
+    a killed earlier run left there are removed."""
+    from noisefast.atomic import output_error, remove_stale_temps, temp_sibling
+
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise OutputError(f"--out {out} exists and is not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".noisefast-write-test-{id(path)}"
-        probe.touch()
+        fd, probe = temp_sibling(path / ".write-test")
+        os.close(fd)
         probe.unlink()
     except OSError as e:
-        raise OutputError(f"cannot write to --out {out}: {e.strerror or e}") from None
+        raise output_error(e, f"--out {out}", "write to") from None
+    remove_stale_temps(path)
     return path
+
+
+def listed_outputs(report) -> set[str]:
+    """The files (relative to ``--out``) a report's runs name in their ``images`` records."""
+    found: set[str] = set()
+
+    def walk(v):
+        if isinstance(v, str):
+            found.add(v)
+        elif isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+
+    for rec in (report.get("runs") if isinstance(report, dict) else None) or []:
+        if isinstance(rec, dict):
+            walk(rec.get("images"))
+    return found
+
+
+def _previous_outputs(out: Path) -> set[str]:
+    try:
+        return listed_outputs(json.loads((out / "report.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return set()
 
 
 class Run:
@@ -49,6 +82,7 @@ class Run:
         self.args = args
         self.prompts = read_prompts(args)
         self.out = prepare_out_dir(args.out)  # before the (slow) model load: a bad path fails at once
+        self.previous = _previous_outputs(self.out)  # what an earlier run's report.json here names
         self.engine = Engine.from_config(EngineConfig.from_cli_args(args))
         load_s = time.perf_counter() - self.t0
         self.settings = self.engine.settings(**{k: v for k, v in settings_overrides(args).items() if v is not None})
@@ -77,8 +111,7 @@ class Run:
         if len(self.prompts) == 1:
             return self.out
         slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:40] or "prompt"
-        d = self.out / f"{i:03d}-{slug}"
-        d.mkdir(parents=True, exist_ok=True)
+        d = prepare_out_dir(str(self.out / f"{i:03d}-{slug}"))
         return d
 
     def rel(self, path: Path) -> str:
@@ -92,8 +125,26 @@ class Run:
         self.report["timings"]["total_s"] = round(time.perf_counter() - self.t0, 3)
         return write_report(self.out / "report.json", self.report)
 
+    def remove_leftovers(self) -> None:
+        """Files an earlier run's report named in this ``--out`` that this run did not write again (its grid.png
+        when this run has ``--grid 0``, ...): removed, so the folder holds what its report.json describes."""
+        from noisefast.atomic import output_error
+
+        root = self.out.resolve()
+        for rel in sorted(self.previous - listed_outputs(self.report)):
+            p = self.out / rel
+            if p.suffix not in (".png", ".safetensors") or not p.is_file() or root not in p.resolve().parents:
+                continue
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise output_error(e, p, "remove the earlier run's file", "remove it by hand") from None
+
     def finish(self, summary_lines: list[str], interrupted: bool = False) -> int:
         path = self.save(complete=not interrupted)
+        self.remove_leftovers()
         if self.args.json:
             print(dumps_json(self.report))
         else:
@@ -102,7 +153,8 @@ class Run:
             d, s = self.report["model"], self.settings
             print(f"noisefast {self.report['command']} · {d['model']} ({d['family']}, {d['device']} {d['dtype']}, "
                   f"{d['backend']}) · "
-                  f"DDIM {s.steps} steps + {s.inversion_steps} inversion steps, guidance {s.guidance_scale:g} "
+                  f"{d['sampler']} {s.steps} steps + {s.inversion_steps} inversion steps, "
+                  f"guidance {s.guidance_scale:g}{' (embedded)' if d['guidance'] == 'embedded' else ''} "
                   f"(inversion {describe_inversion_guidance(s.inversion_guidance_scale)}), {s.width}×{s.height}")  # fmt: skip
             for line in summary_lines:
                 print(line)

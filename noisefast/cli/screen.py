@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from noisefast.cli.args import (Command, add_model_arguments, add_seed_arguments, add_settings_arguments, int_in,
-                                positive_int, settings_overrides)  # fmt: skip
+                                out_path, positive_int, settings_overrides)  # fmt: skip
 from noisefast.cli.run import EXIT_INTERRUPTED, EXIT_OK
 
 
@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(a prompt column); duplicates are screened once")  # fmt: skip
     g.add_argument("--negative-prompt", help="negative prompt for the prompts that give none (used where guidance > 1)")
     add_seed_arguments(p, default="0:1000", help_="seeds to screen under every prompt")
-    g.add_argument("--out", metavar="DIR", help="result folder: manifest.json, scores/*.parquet, summary.{json,md}")
+    g.add_argument("--out", metavar="DIR", type=out_path, help="result folder: manifest.json, scores/*.parquet, summary.{json,md}")
     g.add_argument("--shard-size", type=positive_int, default=DEFAULT_SHARD_SIZE,
                    help=f"rows per shard, the unit written atomically and resumed (default: {DEFAULT_SHARD_SIZE})")
     g.add_argument("--proxy-steps", type=int_in(1, 1000), metavar="N",
@@ -39,8 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Ray actors (default: one per GPU, else one per --threads CPUs)")
     g.add_argument("--top-k", type=int_in(1, 10_000), default=5, help="seeds per prompt in the summary (default: 5)")
     g.add_argument("--force", action="store_true", help="delete OUT's earlier screening results and start over")
-    g.add_argument("--summary", metavar="OUT", help="print per-seed statistics across prompts of a finished OUT and "
-                   "write OUT/seed_stats.csv (nothing is scored)")  # fmt: skip
+    g.add_argument("--summary", metavar="OUT", type=out_path,
+                   help="print per-seed statistics across prompts of a finished OUT and write OUT/seed_stats.csv "
+                        "(nothing is scored); an unfinished OUT is refused, naming what is missing")  # fmt: skip
+    g.add_argument("--partial", action="store_true",
+                   help="with --summary: rank an unfinished OUT's finished shards anyway (the output says so)")
     g.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr: rows/s and ETA (default: when stderr is a terminal)")
@@ -56,8 +59,10 @@ def run(args: argparse.Namespace) -> int:
     from noisefast.screen.summary import print_seed_stats
 
     if args.summary is not None:
-        print(print_seed_stats(args.summary))
+        print(print_seed_stats(args.summary, partial=args.partial))
         return EXIT_OK
+    if args.partial:
+        raise InputError("--partial goes with --summary OUT (a screening run always finishes every shard)")
     if not args.prompts or not args.out:
         raise InputError("--prompts FILE and --out DIR are required (or --summary OUT)")
     from noisefast.screen.prompts_io import read_prompt_file
@@ -81,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     s, t = res.summary, res.summary["timings"]
     st = s["settings"]
-    print(f"noisefast screen · {s['model']} · DDIM {st['steps']} + {st['inversion_steps']} steps, guidance "
+    print(f"noisefast screen · {s['model']} · {st['steps']} + {st['inversion_steps']} steps, guidance "
           f"{st['guidance_scale']:g} (inversion {st['inversion_guidance_scale']:g}), {st['width']}×{st['height']}"
           + (f" · cascade {s['cascade']['proxy_steps']}+{s['cascade']['proxy_steps']} → top {s['cascade']['rescore_top']}"
              if s.get("cascade") else ""))  # fmt: skip

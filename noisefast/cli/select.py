@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import argparse
 
-from noisefast.cli.args import Command, add_model_arguments, add_output_arguments, add_prompt_arguments, add_seed_arguments, add_settings_arguments
+from noisefast.cli.args import (Command, add_model_arguments, add_output_arguments, add_prompt_arguments,
+                                add_seed_arguments, add_settings_arguments, int_in)  # fmt: skip
 from noisefast.cli.run import Run, fmt_prompt
+
+MAX_GRID = 64  # samples per grid row: 2·64 decoded images at most
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -17,8 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_seed_arguments(p, default="0:100", help_="candidate seeds")
     add_settings_arguments(p)
     add_output_arguments(p)
-    p.add_argument("--grid", type=int, metavar="K",
-                   help="grid of the K most vs K least stable samples (default: 8 for pixel models, 2 for SDXL; 0: none)")  # fmt: skip
+    p.add_argument("--grid", type=int_in(0, MAX_GRID), metavar="K",
+                   help=f"grid of the K most vs K least stable samples, K in [0, {MAX_GRID}], at most half the seeds "
+                        f"(default: 8 for pixel models, 2 for SDXL; 0: no grid)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:

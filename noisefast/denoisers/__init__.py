@@ -1,4 +1,5 @@
-"""Denoisers: the protocol, CFG batching, the diffusers UNet adapter, analytic and compiled backends.
+"""Denoisers: the protocol, CFG batching, the diffusers UNet and SD3/FLUX transformer adapters, analytic and
+compiled backends.
 
 Names load on first use (PEP 562), so a torch-free submodule (``onnx_args``: the export's ``--help``) imports
 without torch.
@@ -19,6 +20,8 @@ _EXPORTS = {
     "do_classifier_free_guidance": "noisefast.denoisers.guidance",
     "needs_negative": "noisefast.denoisers.guidance",
     "UNetDenoiser": "noisefast.denoisers.unet",
+    "SD3Denoiser": "noisefast.denoisers.flow",
+    "FluxDenoiser": "noisefast.denoisers.flow",
 }
 
 __all__ = sorted(_EXPORTS)

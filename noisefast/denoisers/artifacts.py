@@ -19,10 +19,11 @@ _CHUNK = 16 << 20  # 16 MiB reads when hashing multi-GB weight files
 
 
 def temporary_sibling_dir(path: str | os.PathLike) -> Path:
-    """A fresh empty folder next to ``path`` (same filesystem), for `replace_dir`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    """A fresh empty folder next to ``path`` (same filesystem), for `replace_dir`; mode as ``mkdir`` gives (the
+    umask's), so the export others read is not 0700."""
+    from noisefast.atomic import temp_sibling_dir
+
+    return temp_sibling_dir(path)
 
 
 def replace_dir(tmp: Path, dest: Path) -> Path:

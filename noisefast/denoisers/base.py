@@ -24,7 +24,10 @@ class Condition:
     """Prompt conditioning, batch-first. Any field may have batch 1 and is then broadcast.
 
     SDXL: ``prompt_embeds`` [B, 77, 2048], ``pooled_prompt_embeds`` [B, 1280], ``time_ids`` [B, 6];
-    the ``negative_*`` fields are the unconditional half, used where a step runs it (see `guidance.Guidance`).
+    SD3: ``prompt_embeds`` [B, 77 + 256, 4096] (CLIP-L/G ‖ T5, the joint text sequence), ``pooled_prompt_embeds``
+    [B, 2048]; FLUX: ``prompt_embeds`` [B, 512, 4096] (T5), ``pooled_prompt_embeds`` [B, 768] (CLIP), and for
+    guidance-distilled FLUX.1-dev ``guidance`` [B]: the guidance scale the model *embeds* (an input, not CFG).
+    The ``negative_*`` fields are the unconditional half, used where a step runs it (see `guidance.Guidance`).
     """
 
     prompt_embeds: torch.Tensor  # [B, L, D]
@@ -33,6 +36,7 @@ class Condition:
     negative_prompt_embeds: torch.Tensor | None = None  # [B, L, D]
     negative_pooled_prompt_embeds: torch.Tensor | None = None  # [B, P]
     negative_time_ids: torch.Tensor | None = None  # [B, 6] (defaults to time_ids)
+    guidance: torch.Tensor | None = None  # [B] embedded guidance of guidance-distilled models (FLUX.1-dev); both halves
 
     def __post_init__(self):
         for f in fields(self):
@@ -85,6 +89,9 @@ class Condition:
             vs = [getattr(c, f.name) for c in conds]
             if any(v is None for v in vs) and not all(v is None for v in vs):
                 raise ValueError(f"cannot batch conditions: Condition.{f.name} is set in some of them only")
+            shapes = {tuple(v.shape[1:]) for v in vs if v is not None}
+            if len(shapes) > 1:  # e.g. text sequences of different lengths (SD3/FLUX pad every prompt to one length)
+                raise ValueError(f"cannot batch conditions: Condition.{f.name} has per-row shapes {sorted(shapes)}")
             values[f.name] = None if vs[0] is None else torch.cat(vs)
         return Condition(**values)
 
@@ -95,7 +102,7 @@ class Condition:
 
     def positive(self) -> "Condition":
         """The conditional half only (what the UNet sees without guidance)."""
-        return Condition(self.prompt_embeds, self.pooled_prompt_embeds, self.time_ids)
+        return Condition(self.prompt_embeds, self.pooled_prompt_embeds, self.time_ids, guidance=self.guidance)
 
     def negative(self) -> "Condition":
         """The unconditional half as a positive condition (zeros where no negative prompt was given)."""
@@ -106,7 +113,7 @@ class Condition:
         if pooled is None and self.pooled_prompt_embeds is not None:
             pooled = torch.zeros_like(self.pooled_prompt_embeds)
         tids = self.negative_time_ids if self.negative_time_ids is not None else self.time_ids
-        return Condition(neg, pooled, tids)
+        return Condition(neg, pooled, tids, guidance=self.guidance)
 
 
 def wants_grad(x: torch.Tensor, cond: Condition) -> bool:

@@ -151,13 +151,19 @@ class GuidedDenoiser:
     def __call__(
         self,
         x: torch.Tensor,  # [B, C, H, W]
-        t: int,  # the timestep of this move
+        t: int | float,  # the timestep of this move (int: DDIM; float: flow matching, σ·T)
     ) -> tuple[torch.Tensor, torch.Tensor | None]:  # m_c (or the one half's m) [B, C, H, W], m_u [B, C, H, W] or None
         if x.shape[0] != self.batch:
             raise ValueError(f"latent batch {x.shape[0]} does not match the guided batch {self.batch}")
         if not self.cfg:  # one half: m = m_c or m = m_u
-            return self.den(x, torch.full((self.batch,), t, dtype=torch.long, device=x.device), self.cond), None
+            return self.den(x, _timesteps(t, self.batch, x.device), self.cond), None
         # one call on [uncond; cond], diffusers' order; chunk(2) → (m_u, m_c)
-        out = self.den(torch.cat([x, x]), torch.full((2 * self.batch,), t, dtype=torch.long, device=x.device), self.cond)
+        out = self.den(torch.cat([x, x]), _timesteps(t, 2 * self.batch, x.device), self.cond)
         m_u, m_c = out.chunk(2)
         return m_c, m_u
+
+
+def _timesteps(t: int | float, n: int, device) -> torch.Tensor:  # [n]
+    """``t`` for every row: int64 for DDIM's integer timesteps, float32 for the flow schedules' σ·T (the float32
+    values diffusers' ``FlowMatchEulerDiscreteScheduler.timesteps`` hold, passed exactly)."""
+    return torch.full((n,), t, dtype=torch.float32 if isinstance(t, float) else torch.long, device=device)

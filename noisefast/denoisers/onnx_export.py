@@ -1,4 +1,5 @@
-"""Export a diffusers ``UNet2DConditionModel`` to ONNX for the onnxruntime and tensorrt backends.
+"""Export a diffusers ``UNet2DConditionModel`` (or an ``SD3Transformer2DModel``) to ONNX for the onnxruntime and
+tensorrt backends.
 
 The graph's interface is described in `noisefast.denoisers.onnx_io`: inputs ``sample``, ``timestep``,
 ``encoder_hidden_states`` (+ ``text_embeds``, ``time_ids`` for SDXL's ``text_time`` conditioning),
@@ -33,6 +34,7 @@ from pathlib import Path
 import torch
 
 from noisefast.denoisers.onnx_args import add_export_arguments
+from noisefast.errors import BackendUnavailableError, InputError, OutputError
 from noisefast.denoisers.artifacts import replace_dir, sha256_files, temporary_sibling_dir
 from noisefast.denoisers.onnx_io import (
     ADDED_COND_INPUTS,
@@ -41,6 +43,7 @@ from noisefast.denoisers.onnx_io import (
     MODEL_FILE,
     OUTPUT,
     REQUIRED_INPUTS,
+    SD3_INPUTS,
     interface_record,
     onnx_files,
 )
@@ -68,6 +71,7 @@ class UNetOnnxWrapper(torch.nn.Module):
         super().__init__()
         self.unet = unet
         self.text_time = uses_text_time(unet.config)
+        self.input_names = list(REQUIRED_INPUTS) + (list(ADDED_COND_INPUTS) if self.text_time else [])
 
     def forward(self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None):
         added = {"text_embeds": text_embeds, "time_ids": time_ids} if self.text_time else None
@@ -76,18 +80,46 @@ class UNetOnnxWrapper(torch.nn.Module):
         )[0]
 
 
+class SD3OnnxWrapper(torch.nn.Module):
+    """An ``SD3Transformer2DModel`` with the UNet export's interface plus ``pooled_projections`` (the velocity out)."""
+
+    input_names = [*REQUIRED_INPUTS, *SD3_INPUTS]
+
+    def __init__(self, transformer):
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(self, sample, timestep, encoder_hidden_states, pooled_projections):
+        return self.transformer(hidden_states=sample, timestep=timestep, encoder_hidden_states=encoder_hidden_states,
+                                pooled_projections=pooled_projections, return_dict=False)[0]  # fmt: skip
+
+
+def is_sd3(config) -> bool:
+    return config.get("_class_name") == "SD3Transformer2DModel"
+
+
+def onnx_wrapper(module) -> torch.nn.Module:
+    """The traced forward for ``module``: `SD3OnnxWrapper` for an SD3 transformer, else `UNetOnnxWrapper`."""
+    return (SD3OnnxWrapper if is_sd3(module.config) else UNetOnnxWrapper)(module).eval()
+
+
 def example_inputs(config, *, dtype, device, batch_size=2, latent_size=None, seq_len=77, time_ids_dim=6):
-    """Tensors of the right shapes for tracing: (sample, timestep, encoder_hidden_states[, text_embeds, time_ids])."""
-    text_time = uses_text_time(config)
+    """Tensors of the right shapes for tracing: (sample, timestep, encoder_hidden_states[, text_embeds, time_ids])
+    for a UNet, (sample, timestep, encoder_hidden_states, pooled_projections) for an SD3 transformer."""
     size = latent_size if latent_size is not None else config["sample_size"]
     h, w = (size, size) if isinstance(size, int) else tuple(size)
+    g = torch.Generator().manual_seed(0)
+    if is_sd3(config):
+        rand = lambda *shape: torch.randn(*shape, generator=g).to(device=device, dtype=dtype)  # noqa: E731
+        return (rand(batch_size, config["in_channels"], h, w), torch.full((batch_size,), 500.0, device=device),
+                rand(batch_size, seq_len, config["joint_attention_dim"]), rand(batch_size, config["pooled_projection_dim"]))
+    text_time = uses_text_time(config)
     if config.get("encoder_hid_dim_type") == "text_proj":
         ctx_dim = config["encoder_hid_dim"]
     else:
         ctx_dim = config["cross_attention_dim"]
     if not isinstance(ctx_dim, int):
         raise ValueError(f"cannot export a UNet with per-block cross_attention_dim={ctx_dim!r}")
-    g = torch.Generator().manual_seed(0)
 
     def rand(*shape):
         return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
@@ -105,22 +137,34 @@ def example_inputs(config, *, dtype, device, batch_size=2, latent_size=None, seq
     return tuple(args)
 
 
+# Measured (torch 2.13, opsets 17 and 23): torch.onnx.export(dynamo=False) stops at FLUX's q/k RMSNorm with
+# UnsupportedOperatorError "Exporting the operator 'aten::rms_norm' to ONNX opset version N is not supported".
+FLUX_ONNX_UNAVAILABLE = (
+    "FLUX transformers cannot be exported to ONNX here: the TorchScript exporter has no ONNX symbolic for "
+    "aten::rms_norm (FLUX's query/key RMSNorm) at any opset; run FLUX with --backend torch"
+)
+
+
 def load_unet(model, *, dtype=None, device=None):
-    """A diffusers UNet from a pipeline folder (``unet/`` inside), a UNet folder, or a hub id."""
-    from diffusers import UNet2DConditionModel
+    """A diffusers UNet from a pipeline folder (``unet/`` inside), a UNet folder, or a hub id; an SD3 pipeline
+    folder (``transformer/`` inside) gives its ``SD3Transformer2DModel``."""
+    from diffusers import SD3Transformer2DModel, UNet2DConditionModel
 
     p = Path(model)
-    sub = {} if (p / "config.json").is_file() else {"subfolder": "unet"}
-    unet = UNet2DConditionModel.from_pretrained(str(model), torch_dtype=dtype, **sub)
+    for cfg in (p / "config.json", p / "transformer" / "config.json"):
+        if cfg.is_file() and json.loads(cfg.read_text()).get("_class_name") == "FluxTransformer2DModel":
+            raise BackendUnavailableError(FLUX_ONNX_UNAVAILABLE)
+    cls, sub = UNet2DConditionModel, ({} if (p / "config.json").is_file() else {"subfolder": "unet"})
+    if (p / "transformer" / "config.json").is_file() and not (p / "unet").is_dir():
+        cls, sub = SD3Transformer2DModel, {"subfolder": "transformer"}
+    elif (p / "config.json").is_file() and is_sd3(json.loads((p / "config.json").read_text())):
+        cls = SD3Transformer2DModel
+    unet = cls.from_pretrained(str(model), torch_dtype=dtype, **sub)
     return unet.to(device=device).eval() if device is not None else unet.eval()
 
 
-def _input_names(args) -> list[str]:
-    return list(REQUIRED_INPUTS) + list(ADDED_COND_INPUTS)[: len(args) - len(REQUIRED_INPUTS)]
-
-
 def _trace_to_onnx(wrapper, args, path: Path, *, opset, dynamic_batch, dynamic_hw, dynamic_seq, exporter):
-    names = _input_names(args)
+    names = wrapper.input_names
     axes = {n: {0: "batch"} for n in names + [OUTPUT]} if dynamic_batch else {n: {} for n in names + [OUTPUT]}
     if dynamic_seq:
         axes["encoder_hidden_states"][1] = "sequence"
@@ -231,8 +275,8 @@ def export_unet_onnx(
     if batch_size < 1 or seq_len < 1:
         raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / META_FILE).is_file():
-        raise ValueError(f"{out_dir} exists and is not a noisefast ONNX export; refusing to replace it")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not (out_dir / META_FILE).is_file():
+        raise OutputError(f"{out_dir} exists and is not a noisefast ONNX export; refusing to replace it (use a new --out)")
 
     # 1. The module, in the export dtype and device (a copy when the caller's differs).
     if not isinstance(unet, torch.nn.Module):
@@ -240,7 +284,7 @@ def export_unet_onnx(
     target = torch.device(device) if device is not None else unet.device
     if unet.dtype != dtype or unet.device != target:
         unet = copy.deepcopy(unet).to(device=target, dtype=dtype)
-    wrapper = UNetOnnxWrapper(unet).eval()
+    wrapper = onnx_wrapper(unet)
     args = example_inputs(
         unet.config, dtype=dtype, device=target, batch_size=batch_size, latent_size=latent_size,
         seq_len=seq_len, time_ids_dim=time_ids_dim,
@@ -263,7 +307,7 @@ def export_unet_onnx(
         files = onnx_files(tmp / MODEL_FILE)
         meta = {
             "format": 1,
-            "inputs": _input_names(args),
+            "inputs": wrapper.input_names,
             "output": OUTPUT,
             "dtype": str(dtype).removeprefix("torch."),
             "opset": opset,
@@ -271,7 +315,7 @@ def export_unet_onnx(
             "dynamic_batch": dynamic_batch,
             "dynamic_hw": dynamic_hw,
             "dynamic_seq": dynamic_seq,
-            "example_shapes": {n: list(a.shape) for n, a in zip(_input_names(args), args)},
+            "example_shapes": {n: list(a.shape) for n, a in zip(wrapper.input_names, args)},
             "weight_bytes": weight_bytes,
             "external_data": bool(external),
             "torch": torch.__version__,
@@ -292,10 +336,12 @@ def export_unet_onnx(
 def run_export(args: argparse.Namespace) -> Path:
     """Run an export from parsed `add_export_arguments` options; prints and returns the model path."""
     if (args.height is None) != (args.width is None):
-        raise ValueError("give both --height and --width, or neither")
+        raise InputError("give both --height and --width, or neither")
     for side in (args.height, args.width):
         if side is not None and side % 8:
-            raise ValueError(f"--height/--width must be multiples of 8 (the VAE factor), got {side}")
+            raise InputError(f"--height/--width must be multiples of 8 (the VAE factor), got {side}")
+    if not str(args.out).strip():
+        raise InputError("--out is empty: name the folder to write the export to")
     latent = (args.height // 8, args.width // 8) if args.height is not None else None
     path = export_unet_onnx(
         args.model, args.out, dtype=EXPORT_DTYPES[args.dtype], device=args.device, latent_size=latent,

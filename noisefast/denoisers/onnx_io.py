@@ -7,6 +7,7 @@ An exported UNet (see `noisefast.denoisers.onnx_export`) has the inputs
     encoder_hidden_states  [B, L, D]      Condition.prompt_embeds
     text_embeds            [B, P]         Condition.pooled_prompt_embeds   (SDXL text_time only)
     time_ids               [B, T]         Condition.time_ids                (SDXL text_time only)
+    pooled_projections     [B, P]         Condition.pooled_prompt_embeds   (SD3 transformers: their velocity)
 
 and one output ``out_sample [B, C_out, H, W]``: the raw model output, exactly what the torch UNet
 returns. `unet_feed` turns a ``den(x, t, cond)`` call into that input set, on the runtime's device
@@ -29,6 +30,7 @@ DATA_FILE = "model.onnx.data"
 META_FILE = "noisefast_onnx.json"
 REQUIRED_INPUTS = ("sample", "timestep", "encoder_hidden_states")
 ADDED_COND_INPUTS = ("text_embeds", "time_ids")
+SD3_INPUTS = ("pooled_projections",)  # an exported SD3Transformer2DModel: the UNet's three inputs + this
 OUTPUT = "out_sample"
 
 
@@ -102,12 +104,12 @@ def read_onnx_specs(path) -> tuple[dict[str, TensorSpec], TensorSpec]:
         output = _spec(model.graph.output[0])
     names = set(inputs)
     missing = [n for n in REQUIRED_INPUTS if n not in names]
-    extra = sorted(names - set(REQUIRED_INPUTS) - set(ADDED_COND_INPUTS))
+    extra = sorted(names - set(REQUIRED_INPUTS) - set(ADDED_COND_INPUTS) - set(SD3_INPUTS))
     added = [n for n in ADDED_COND_INPUTS if n in names]
-    if missing or extra or len(added) == 1:
+    if missing or extra or len(added) == 1 or (added and SD3_INPUTS[0] in names):
         raise ValueError(
-            f"{path!s} is not an exported noisefast UNet: inputs {sorted(names)}; expected "
-            f"{list(REQUIRED_INPUTS)} plus optionally both of {list(ADDED_COND_INPUTS)}"
+            f"{path!s} is not an exported noisefast UNet or SD3 transformer: inputs {sorted(names)}; expected "
+            f"{list(REQUIRED_INPUTS)} plus optionally both of {list(ADDED_COND_INPUTS)} (UNet) or {list(SD3_INPUTS)} (SD3)"
         )
     return inputs, output
 
@@ -219,6 +221,10 @@ def unet_feed(
             )
         values["text_embeds"] = cond.pooled_prompt_embeds
         values["time_ids"] = cond.time_ids
+    if "pooled_projections" in inputs:
+        if cond.pooled_prompt_embeds is None:
+            raise ValueError("this SD3 transformer takes pooled_projections, but Condition.pooled_prompt_embeds is None")
+        values["pooled_projections"] = cond.pooled_prompt_embeds
     feed = {}
     for name, spec in inputs.items():
         v = values[name]

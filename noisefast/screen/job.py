@@ -13,10 +13,10 @@ schedule (``OUT/scores/``, ``stage="rescore"``).
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +27,9 @@ from noisefast.engine_inputs import candidate_seeds
 from noisefast.errors import BackendUnavailableError, InputError, Interrupted
 from noisefast.screen.prompts_io import PromptItem, make_items, read_prompt_file
 from noisefast.screen.runner import LocalExecutor, shard_task
-from noisefast.screen.shards import (SETTINGS_KEYS, OutDir, Shard, check_same_run, digest, plan_grid, plan_rescore,
-                                     read_manifest, seeds_digest)  # fmt: skip
+from noisefast.screen.manifest import FORMAT, build_manifest, check_same_run, environment_changes, read_manifest
+from noisefast.screen.shards import OutDir, Shard, plan_grid, plan_rescore
 
-FORMAT = "noisefast-screen/1"
 ENGINE_OPTIONS = {f.name for f in fields(EngineConfig)} - {"batch_size"}  # batch_size= is the per-call setting
 
 
@@ -45,6 +44,7 @@ class ScreenResult:
     wall_s: float
     complete: bool = True
     summary: dict = field(default_factory=dict)
+    quarantined: list[str] = field(default_factory=list)  # untrusted shard files this run moved aside (and rescored)
 
     def scores(self):
         from noisefast.screen.summary import load_scores
@@ -58,6 +58,11 @@ class ScreenInterrupted(Interrupted):
     def __init__(self, result: ScreenResult, resume_hint: str):
         super().__init__(f"screen interrupted: {result.shards_skipped} of {result.shards_total} shards finished; "
                          f"{resume_hint}", result)  # fmt: skip
+
+
+def _notice(text: str) -> None:
+    """One line on stderr: something the run repaired or noticed (a shard moved aside, another environment)."""
+    print(f"noisefast screen: {text}", file=sys.stderr, flush=True)
 
 
 def _items(prompts, negative_prompt: str | None) -> list[PromptItem]:
@@ -114,7 +119,7 @@ def _top_seeds(out: Path, items: Sequence[PromptItem], m: int) -> dict[str, tupl
     """Each prompt's ``m`` most stable seeds on the proxy schedule (ties by seed, NaN last)."""
     from noisefast.screen.summary import load_scores
 
-    df = load_scores(out, "proxy")
+    df = load_scores(out, "proxy", partial=False)
     top = {}
     for pid, part in df.groupby("prompt_id", sort=False):
         part = part.sort_values(["stability", "seed"], ascending=[False, True], na_position="last", kind="stable")
@@ -169,7 +174,7 @@ def screen(prompts, seeds: Iterable[int] | None = None, out="screen", *, config:
     if settings is not None and overrides:
         raise InputError(f"pass settings= or the keywords {sorted(overrides)}, not both")
     overrides = {k: v for k, v in (settings if settings is not None else overrides).items() if v is not None}
-    outdir = OutDir(out).prepare()  # before the (slow) model load: a bad or busy folder fails at once
+    outdir = OutDir(out, notice=_notice).prepare()  # before the (slow) model load: a bad or busy folder fails at once
     executor = None
     try:
         if use_ray:
@@ -181,42 +186,27 @@ def screen(prompts, seeds: Iterable[int] | None = None, out="screen", *, config:
 
             executor = LocalExecutor(engine if engine is not None else Engine.from_config(config))
         info, full = executor.describe(overrides)
-        settings6 = {k: full[k] for k in SETTINGS_KEYS}
-        model_id, dtype_name = str(info["model"]), str(info["dtype"])
-        manifest = {
-            "format": FORMAT,
-            "model": model_id,
-            "settings": settings6,
-            "settings_hash": digest({"model": model_id, "settings": settings6, "dtype": dtype_name}),
-            "run": {
-                "dtype": dtype_name, "prompt_count": len(items),
-                "prompts": digest([[it.id, it.prompt, it.negative_prompt] for it in items]),
-                "seed_count": len(seeds), "seeds": seeds_digest(seeds), "shard_size": shard_size,
-                "proxy_steps": proxy_steps, "rescore_top": rescore_top,
-            },
-            "seed_range": [min(seeds), max(seeds)],
-            "batch_size": full.get("batch_size"),
-            "engine": info,  # the engine configuration in effect (as /v1/info and report.json record it)
-            "executor": executor.name,
-            "versions": versions(),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "argv": list(argv) if argv is not None else None,
-        }  # fmt: skip
-        old = read_manifest(outdir.root)
-        if old is not None and force:
+        manifest = build_manifest(items, seeds, shard_size=shard_size, proxy_steps=proxy_steps,
+                                  rescore_top=rescore_top, info=info, full=full, executor=executor.name,
+                                  versions=versions(), argv=argv)  # fmt: skip
+        model_id, dtype_name = manifest["model"], manifest["run"]["dtype"]
+        old = None if force else read_manifest(outdir.root)  # --force starts over even from a damaged manifest
+        if force:
             outdir.clear()
-            old = None
-        elif old is None and any(outdir.root.glob("scores/*.parquet")) and not force:
+        elif old is None and any(outdir.root.glob("scores/*.parquet")):
             raise InputError(f"--out {outdir.root} holds scores/ files but no manifest.json; use --force to start "
                              f"over or a new --out")  # fmt: skip
-        elif old is None and force:
-            outdir.clear()
         if old is not None:
             check_same_run(old, manifest, outdir.root)
-        else:
+            changed = environment_changes(old, manifest)
+            if changed:
+                _notice(f"resuming with {', '.join(changed)}: new shards' scores may differ from the earlier ones in "
+                        f"the last bits (the same settings; another environment)")  # fmt: skip
+        if old is None or old.get("format") != FORMAT or old.get("plan") != manifest["plan"]:
             from noisefast.atomic import atomic_write_json
 
-            atomic_write_json(outdir.root / "manifest.json", manifest)
+            keep = {} if old is None else {k: old[k] for k in ("created", "argv", "versions", "engine") if k in old}
+            atomic_write_json(outdir.root / "manifest.json", manifest | keep)  # an older format gains its plan
 
         stages = [("proxy", {**full, "steps": proxy_steps, "inversion_steps": proxy_steps})] if proxy_steps else []
         stages.append(("rescore" if proxy_steps else "full", full))
@@ -230,7 +220,7 @@ def screen(prompts, seeds: Iterable[int] | None = None, out="screen", *, config:
                     shards = plan_rescore(items, _top_seeds(outdir.root, items, rescore_top), shard_size)
                 else:
                     shards = plan_grid(stage, items, seeds, shard_size)
-                todo = [sh for sh in shards if not outdir.done(sh)]
+                todo = [sh for sh in shards if not outdir.verified(sh)]
                 shards_total += len(shards)
                 shards_skipped += len(shards) - len(todo)
                 total_rows += sum(sh.rows for sh in todo)
@@ -248,13 +238,15 @@ def screen(prompts, seeds: Iterable[int] | None = None, out="screen", *, config:
                     scored += shard.rows
                     shards_written += 1
                 score_s += time.perf_counter() - t
+                outdir.sweep(shards)  # untrusted files no planned shard names (a stray or damaged copy) go aside too
                 if stage == "proxy":
                     total_rows -= len(items) * rescore_top
         except KeyboardInterrupt:
             bar.close()
             _record_backend(outdir.root, executor)
             partial = ScreenResult(outdir.root, 0, scored, shards_total, shards_skipped + shards_written, score_s,
-                                   time.perf_counter() - t_wall, complete=False)  # fmt: skip
+                                   time.perf_counter() - t_wall, complete=False,
+                                   quarantined=[str(p) for p in outdir.quarantined])  # fmt: skip
             raise ScreenInterrupted(partial, hint) from None
         finally:
             bar.close()
@@ -267,8 +259,8 @@ def screen(prompts, seeds: Iterable[int] | None = None, out="screen", *, config:
                    "shards_total": shards_total, "shards_skipped": shards_skipped, "shards_written": shards_written}
         summary = write_summary(outdir.root, {"timings": timings, "executor": executor.name,
                                               "workers": getattr(executor, "workers", 1)}, top_k)  # fmt: skip
-        return ScreenResult(outdir.root, summary["rows"], scored, shards_total, shards_skipped, score_s, wall, True,
-                            summary)
+        return ScreenResult(outdir.root, summary["rows"], scored, shards_total, shards_skipped, score_s, wall,
+                            summary["complete"], summary, [str(p) for p in outdir.quarantined])  # fmt: skip
     finally:
         if executor is not None:
             executor.close()

@@ -1,8 +1,9 @@
 """Prompt files for screening: ``.txt`` (one per line), ``.jsonl`` (``{"prompt", "negative_prompt"?, "id"?}``),
 ``.csv`` and ``.parquet`` (a ``prompt`` column; ``negative_prompt`` and ``id`` columns optional).
 
-Blank prompts are skipped; a prompt given twice (same text and negative prompt) is screened once, under its
-first id. A prompt's id is the given ``id`` or, without one, a hash of its text (and negative prompt): the
+Lines end at ``\n`` or ``\r\n`` only (U+2028 and the other characters ``str.splitlines`` splits at stay inside
+a prompt, or inside a JSONL string); text files must be UTF-8 (`noisefast.textio`). Blank prompts are skipped;
+a prompt given twice (same text and negative prompt) is screened once, under its first id. A prompt's id is the given ``id`` or, without one, a hash of its text (and negative prompt): the
 same prompt gets the same id in every run and every file, so shard ids and the seed bank stay stable.
 Every problem is one `InputError` line naming the file and, where there is one, the line or row.
 """
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from noisefast.errors import InputError
+from noisefast.textio import check_text, read_text, split_lines
 
 FORMATS = (".txt", ".jsonl", ".csv", ".parquet")
 
@@ -44,13 +46,13 @@ def make_items(records) -> list[PromptItem]:
             continue
         if not isinstance(prompt, str):
             raise InputError(f"{where}: prompt must be text, got {type(prompt).__name__} {prompt!r}")
-        prompt = prompt.strip()
+        prompt = check_text(prompt, f"{where}: prompt").strip()
         if not prompt:
             continue
         if negative is not None and not (isinstance(negative, float) and negative != negative):
             if not isinstance(negative, str):
                 raise InputError(f"{where}: negative_prompt must be text, got {type(negative).__name__}")
-            negative = negative.strip() or None
+            negative = check_text(negative, f"{where}: negative_prompt").strip() or None
         else:
             negative = None
         if given_id is not None and not (isinstance(given_id, float) and given_id != given_id):
@@ -78,17 +80,12 @@ def read_prompt_file(path) -> list[PromptItem]:
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
         raise InputError(f"--prompts {path}: unknown format {suffix or '(no suffix)'!r}; use one of {', '.join(FORMATS)}")
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"--prompts {path}: no such file")
     if suffix == ".parquet":
         items = make_items(_parquet_records(path))
     else:
-        try:
-            text = path.read_bytes().decode("utf-8-sig")
-        except UnicodeDecodeError as e:
-            raise InputError(f"--prompts {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-        except OSError as e:
-            raise InputError(f"cannot read --prompts {path}: {e.strerror or e}") from None
+        text = read_text(path, "--prompts")  # UTF-8 (line and column in the error), size-capped, not binary
         records = {".txt": _txt_records, ".jsonl": _jsonl_records, ".csv": _csv_records}[suffix](path, text)
         items = make_items(records)
     if not items:
@@ -97,12 +94,12 @@ def read_prompt_file(path) -> list[PromptItem]:
 
 
 def _txt_records(path, text):
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(split_lines(text), 1):
         yield f"{path}:{n}", line, None, None
 
 
 def _jsonl_records(path, text):
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(split_lines(text), 1):
         if not line.strip():
             continue
         try:
@@ -117,7 +114,7 @@ def _jsonl_records(path, text):
 
 
 def _csv_records(path, text):
-    reader = csv.DictReader(io.StringIO(text))
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
         fields = reader.fieldnames or []
         if "prompt" not in fields:

@@ -1,9 +1,10 @@
 """The exactly-once protocol of a screening run: deterministic shards, each written whole or not at all.
 
-    OUT/manifest.json             every setting, the model identity, versions, settings_hash (written first)
+    OUT/manifest.json             every setting, the model identity, versions, the plan (written first)
     OUT/scores/<shard>.parquet    rows at the manifest's settings (the seed bank reads these)
     OUT/proxy/<shard>.parquet     the cascade's proxy-schedule rows (only with --proxy-steps)
-    OUT/.staging/                 shard files being written (never read; cleared at start-up)
+    OUT/.staging/                 shard files being written (owned by the job: emptied at start-up)
+    OUT/quarantine/               shard files that could not be trusted, moved aside (and scored again)
     OUT/.lock                     held (flock) by the one run writing OUT
 
 A shard is a group of prompts × a block of seeds. Its id is a pure function of its content (stage, prompt
@@ -11,9 +12,12 @@ ids, seeds), so the same command always cuts the same shards. A shard's rows are
 UNet batches (batches never span shards), so its scores do not depend on which other shards ran: a
 resumed run's rows equal an uninterrupted run's bit for bit. A shard file is written under
 ``.staging/``, fsynced, then ``os.replace``-d into ``scores/``: a reader (and a rerun) sees a shard's
-every row or none of them, and a rerun skips the shards whose files exist. ``kill -9`` at any moment
-loses at most the shards in flight. The same protocol runs in process and on Ray: only the driver
-writes files; workers return scores.
+every row or none of them. A shard counts as done only when its file reads back and matches the row count and
+checksum it carries (`noisefast.screen.integrity`); one that does not — truncated, zero bytes, garbage, a
+flipped bit — is moved to ``quarantine/`` (named in one line) and scored again. ``kill -9`` at any moment loses
+at most the shards in flight. The same protocol runs in process and on Ray: only the driver writes files;
+workers return scores. Every filesystem fault (read-only, no permission, a full disk, a staging entry that
+cannot be removed) is one `OutputError` naming the path and what to do; finished shards stay.
 """
 
 from __future__ import annotations
@@ -21,17 +25,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Sequence
+import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from noisefast.errors import InputError, OutputError
+from noisefast.atomic import output_error, remove_stale_temps, temp_sibling
+from noisefast.errors import OutputError
+from noisefast.screen.integrity import BadShard, read_shard, seal
 from noisefast.screen.prompts_io import PromptItem
 
-SCORES, PROXY, STAGING = "scores", "proxy", ".staging"
+SCORES, PROXY, STAGING, QUARANTINE = "scores", "proxy", ".staging", "quarantine"
+RESUME_HINT = "finished shards are kept: rerun the same command to resume"
+SUMMARY_FILES = ("summary.json", "summary.md", "histogram.png", "seed_stats.csv")
 SETTINGS_KEYS = ("height", "width", "steps", "inversion_steps", "guidance_scale", "inversion_guidance_scale")
 
 
@@ -71,10 +79,26 @@ def shard_id(stage: str, items: Sequence[PromptItem], seeds: Sequence[Sequence[i
     return f"{stage}-{tag}-{h[:16]}"
 
 
+def _grid_layout(n_seeds: int, shard_size: int) -> tuple[int, int]:
+    """(seeds per block, prompts per group) of the grid plan."""
+    block = max(1, min(n_seeds, shard_size))
+    return block, max(1, shard_size // block)
+
+
+def grid_size(n_items: int, n_seeds: int, shard_size: int) -> tuple[int, int]:
+    """(shards, rows) `plan_grid` cuts — without planning them (the manifest's ``plan``)."""
+    block, per_group = _grid_layout(n_seeds, shard_size)
+    return -(-n_items // per_group) * -(-n_seeds // block), n_items * n_seeds
+
+
+def rescore_size(n_items: int, m: int, shard_size: int) -> tuple[int, int]:
+    """(shards, rows) `plan_rescore` cuts when every prompt has ``m`` top seeds."""
+    return -(-n_items // max(1, shard_size // max(1, m))), n_items * m
+
+
 def plan_grid(stage: str, items: Sequence[PromptItem], seeds: Sequence[int], shard_size: int) -> list[Shard]:
     """Every prompt × every seed, cut into shards of about ``shard_size`` rows (prompt groups × seed blocks)."""
-    block = max(1, min(len(seeds), shard_size))
-    per_group = max(1, shard_size // block)
+    block, per_group = _grid_layout(len(seeds), shard_size)
     shards = []
     for g in range(0, len(items), per_group):
         group = tuple(items[g : g + per_group])
@@ -99,21 +123,30 @@ def plan_rescore(items: Sequence[PromptItem], top: dict[str, tuple[int, ...]], s
 
 # --- the output folder ------------------------------------------------------------------------------------
 class OutDir:
-    """``OUT``: its lock, the finished shards, and the one way a shard file gets there."""
+    """``OUT``: its lock, the finished (verified) shards, and the one way a shard file gets there.
 
-    def __init__(self, root):
+    ``notice(text)`` receives one line per shard moved aside or adopted (the CLI prints them on stderr)."""
+
+    def __init__(self, root, notice: Callable[[str], None] | None = None):
         self.root = Path(root)
+        self.notice = notice or (lambda text: None)
+        self.quarantined: list[Path] = []
         self._lock = None
 
     def prepare(self) -> "OutDir":
-        if self.root.exists() and not self.root.is_dir():
-            raise OutputError(f"--out {self.root} exists and is not a folder")
+        """Create the folders, take the lock, empty ``.staging/``, remove stale temporary files, and check that
+        every folder a run writes is writable — before the (slow) model load, so a bad folder fails at once."""
+        for d in (self.root, self.root / SCORES, self.root / STAGING):
+            if d.exists() and not d.is_dir():
+                raise OutputError(f"{d} exists and is not a folder: move it away, or use another --out")
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise output_error(e, d, "create the folder") from None
         try:
-            for d in (SCORES, STAGING):
-                (self.root / d).mkdir(parents=True, exist_ok=True)
             self._lock = open(self.root / ".lock", "a+")
         except OSError as e:
-            raise OutputError(f"cannot write to --out {self.root}: {e.strerror or e}") from None
+            raise output_error(e, self.root / ".lock", "create the lock file") from None
         try:
             import fcntl  # POSIX; elsewhere the lock is skipped (one run per folder is then the user's care)
 
@@ -121,48 +154,147 @@ class OutDir:
         except ImportError:
             pass
         except OSError:
-            self._lock.close()
-            self._lock = None
+            self.release()
             raise OutputError(f"--out {self.root} is being written by another noisefast screen run") from None
-        for stale in (self.root / STAGING).iterdir():  # shards a killed run was writing: never renamed, never read
-            stale.unlink(missing_ok=True)
+        try:
+            self._empty_staging()
+            remove_stale_temps(self.root, all_owned=True)  # a summary or manifest write a kill interrupted
+            for d in (self.root, self.root / SCORES, self.root / STAGING, self.root / PROXY):
+                if d.is_dir():
+                    _probe_writable(d)
+        except BaseException:
+            self.release()
+            raise
         return self
+
+    def _empty_staging(self) -> None:
+        """``.staging/`` holds only what a killed run was writing: never renamed, never read — remove it all."""
+        staging = self.root / STAGING
+        with os.scandir(staging) as it:
+            entries = list(it)
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise output_error(e, entry.path, "remove the stale staging entry",
+                                   f"remove it by hand ({staging} holds only what screening runs were writing)") from None  # fmt: skip
 
     def release(self) -> None:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
 
-    def done(self, shard: Shard) -> bool:
-        return (self.root / shard.folder / shard.filename).is_file()
+    def verified(self, shard: Shard) -> bool:
+        """Whether the shard's file is there and can be trusted; an untrusted one is moved aside (→ False)."""
+        path = self.root / shard.folder / shard.filename
+        if not os.path.lexists(path):
+            return False
+        try:
+            read_shard(path, expect_id=shard.id, expect_rows=shard.rows, columns=[])
+            return True
+        except BadShard as e:
+            if e.unsealed and self._adopt(shard, path):
+                return True
+            self.quarantine(path, str(e))
+            return False
+
+    def _adopt(self, shard: Shard, path: Path) -> bool:
+        """A shard an older noisefast wrote (no checksum) whose keys are exactly the planned ones: sealed in place."""
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+            ids = [it.id for it, seeds in zip(shard.items, shard.seeds) for _ in seeds]
+            seeds = [s for part in shard.seeds for s in part]
+            if table.column("prompt_id").to_pylist() != ids or table.column("seed").to_pylist() != seeds:
+                return False
+        except Exception:  # unreadable, columns missing: not adoptable
+            return False
+        self.write(shard, table)
+        self.notice(f"{path}: written by an older noisefast without a checksum; its rows are the planned ones, so it "
+                    f"is kept and now carries one")  # fmt: skip
+        return True
+
+    def quarantine(self, path: Path, why: str) -> Path:
+        """Move an untrusted shard file to ``OUT/quarantine/`` (out of every reader's way) and say so."""
+        folder = self.root / QUARANTINE
+        dest = folder / f"{path.parent.name}-{path.name}.bad"
+        n = 0
+        while os.path.lexists(dest):
+            n += 1
+            dest = folder / f"{path.parent.name}-{path.name}.{n}.bad"
+        try:
+            folder.mkdir(exist_ok=True)
+            os.replace(path, dest)
+        except OSError as e:
+            raise output_error(e, path, f"move the untrusted shard aside ({why})", "remove it by hand and rerun") from None
+        self.quarantined.append(dest)
+        self.notice(f"shard {path} cannot be trusted: {why}; moved to {dest}, it is scored again")
+        return dest
+
+    def sweep(self, stage_shards: Sequence[Shard]) -> None:
+        """After a stage: move aside the untrusted files of its folder that none of its shards names."""
+        if not stage_shards:
+            return
+        folder = stage_shards[0].folder
+        names = {sh.filename for sh in stage_shards}
+        for f in sorted((self.root / folder).glob("*.parquet")):
+            if f.name not in names:
+                try:
+                    read_shard(f, columns=[])
+                except BadShard as e:
+                    self.quarantine(f, str(e))
 
     def write(self, shard: Shard, table) -> Path:
-        """``table`` (pyarrow) as the shard's file: staged, fsynced, renamed into place, folder fsynced."""
+        """``table`` (pyarrow) as the shard's file, sealed with its row count and checksum: staged, fsynced,
+        renamed into place, folder fsynced."""
         import pyarrow.parquet as pq
 
         final = self.root / shard.folder / shard.filename
-        final.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=shard.id + ".", suffix=".tmp", dir=self.root / STAGING)
+        try:
+            final.parent.mkdir(exist_ok=True)
+            fd, tmp = temp_sibling(self.root / STAGING / shard.filename)
+        except OSError as e:
+            raise output_error(e, final.parent, "write to", RESUME_HINT) from None
         try:
             with os.fdopen(fd, "wb") as f:
-                pq.write_table(table, f)
+                pq.write_table(seal(table, shard.id, shard.stage), f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, final)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise output_error(e, final, "write the shard", RESUME_HINT) from None
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
         _fsync_dir(final.parent)
         return final
 
     def clear(self) -> None:
         """``--force``: remove what a screening run wrote here (and nothing else)."""
-        for d in (SCORES, PROXY, STAGING):
-            for f in (self.root / d).glob("*") if (self.root / d).is_dir() else ():
-                if f.is_file() and (f.suffix in (".parquet", ".tmp")):
-                    f.unlink()
-        for name in ("manifest.json", "summary.json", "summary.md", "histogram.png", "seed_stats.csv"):
-            (self.root / name).unlink(missing_ok=True)
+        doomed = [f for d in (SCORES, PROXY, QUARANTINE) if (self.root / d).is_dir()
+                  for f in (self.root / d).iterdir() if f.suffix in (".parquet", ".bad") and f.is_file()]  # fmt: skip
+        doomed += [self.root / name for name in ("manifest.json", *SUMMARY_FILES)]
+        for f in doomed:
+            try:
+                f.unlink(missing_ok=True)
+            except OSError as e:
+                raise output_error(e, f, "remove", "remove it by hand, or use another --out") from None
+
+
+def _probe_writable(folder: Path) -> None:
+    try:
+        fd, tmp = temp_sibling(folder / ".write-test")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise output_error(e, folder, "write to") from None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -178,34 +310,5 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-# --- manifest checks -----------------------------------------------------------------------------------------
-def read_manifest(root) -> dict | None:
-    path = Path(root) / "manifest.json"
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: cannot read it ({e}); use --force to start over or a new --out") from None
-
-
-def check_same_run(old: dict, new: dict, root) -> None:
-    """Refuse to resume into ``root`` when what fixes the scores or the shards differs from its manifest."""
-    fields = [("model", old.get("model"), new["model"])]
-    fields += [(k, old.get("settings", {}).get(k), new["settings"][k]) for k in SETTINGS_KEYS]
-    fields += [(k, old.get("run", {}).get(k), new["run"][k]) for k in new["run"]]
-    diffs = [f"{k} (was {_show(a)}, now {_show(b)})" for k, a, b in fields if a != b]
-    if diffs:
-        raise InputError(
-            f"--out {root} holds a screen with other settings: {'; '.join(diffs)}. Rerun with the same settings to "
-            f"resume, use a new --out, or pass --force to delete its scores and start over"
-        )
-
-
-def _show(v) -> str:
-    text = json.dumps(v, ensure_ascii=False)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-__all__ = ["OutDir", "PROXY", "SCORES", "SETTINGS_KEYS", "Shard", "check_same_run", "digest", "plan_grid",
-           "plan_rescore", "read_manifest", "seeds_digest"]  # fmt: skip
+__all__ = ["OutDir", "PROXY", "QUARANTINE", "RESUME_HINT", "SCORES", "SETTINGS_KEYS", "STAGING", "Shard", "digest",
+           "grid_size", "plan_grid", "plan_rescore", "rescore_size", "seeds_digest"]  # fmt: skip

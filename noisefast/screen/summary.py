@@ -1,10 +1,13 @@
 """Reading a screening folder back: `load_scores`, `seed_stats`, and the summary files a run leaves.
 
-    load_scores(out)            → DataFrame, one row per (prompt, seed) at the manifest's settings
+    load_scores(out)            → DataFrame, one row per (prompt, seed) at the manifest's settings; df.attrs
+                                  ["complete"], ["shards_missing"]: how much of the planned run it holds
     load_scores(out, "proxy")   → the cascade's proxy-schedule rows (every seed)
     seed_stats(out)             → per seed across prompts: mean stability, mean rank (1 = most stable), count
+    run_status(out)             → complete?, and per folder the verified / expected / missing shards
 
-`seed_stats` ranks the stage that holds every seed (the proxy stage of a cascade, else the scores).
+Only verified shards are read (`noisefast.screen.integrity`). `seed_stats` ranks the stage that holds every
+seed (the proxy stage of a cascade, else the scores) and refuses an unfinished run unless ``partial=True``.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from noisefast.errors import InputError
-from noisefast.screen.shards import PROXY, SCORES, read_manifest
+from noisefast.errors import InputError, OutputError
+from noisefast.screen.integrity import describe_incomplete, read_stage
+from noisefast.screen.manifest import read_manifest
+from noisefast.screen.shards import PROXY, SCORES
 
 SUMMARY_K = 5
 
@@ -30,23 +35,40 @@ def _pandas():
     return pd
 
 
-def load_scores(out_dir, stage: str = "scores"):
-    """The rows of ``out_dir/scores`` (or ``/proxy`` for ``stage="proxy"``) as a pandas DataFrame, sorted by
-    prompt id and seed. Only finished shards are read (files being written live elsewhere)."""
-    pd = _pandas()
-    import pyarrow.dataset as ds
+def run_status(out_dir) -> dict:
+    """Whether the run in ``out_dir`` is complete: per folder (``scores``, and ``proxy`` for a cascade) the verified,
+    expected and missing shard counts and the files that cannot be trusted (`StageStatus.as_dict`), and
+    ``complete`` (None when the manifest predates the plan it would need)."""
+    manifest = read_manifest(out_dir) or {}
+    folders = [PROXY, SCORES] if (manifest.get("run") or {}).get("proxy_steps") else [SCORES]
+    stages = {f: read_stage(out_dir, f, columns=[], manifest=manifest).status for f in folders}
+    flags = [st.complete for st in stages.values()]
+    return {"complete": False if False in flags else None if None in flags else True,
+            **{f: st.as_dict() for f, st in stages.items()}}  # fmt: skip
 
+
+def load_scores(out_dir, stage: str = "scores", *, partial: bool = True):
+    """The rows of ``out_dir/scores`` (or ``/proxy`` for ``stage="proxy"``) as a pandas DataFrame, sorted by
+    prompt id and seed: the verified shards only (`noisefast.screen.integrity`). ``df.attrs`` says how complete
+    it is: ``complete`` (True / False / None = unknown, an older manifest), ``shards_missing``,
+    ``shards_expected``, ``shards_untrusted``. ``partial=False`` refuses (`InputError`) an incomplete folder."""
+    pd = _pandas()
     if stage not in ("scores", "proxy"):
         raise InputError(f"stage must be 'scores' or 'proxy', got {stage!r}")
-    folder = Path(out_dir) / (SCORES if stage == "scores" else PROXY)
-    if not folder.is_dir():
-        raise InputError(f"{out_dir} holds no screening results (no {folder.name}/ folder)")
-    files = sorted(str(f) for f in folder.glob("*.parquet"))
-    if not files:
-        return pd.DataFrame({"prompt_id": pd.Series(dtype=str), "prompt": pd.Series(dtype=str),
-                             "seed": pd.Series(dtype="int64"), "stability": pd.Series(dtype="float64")})  # fmt: skip
-    df = ds.dataset(files, format="parquet").to_table().to_pandas()
-    return df.sort_values(["prompt_id", "seed"], kind="stable").reset_index(drop=True)
+    folder = SCORES if stage == "scores" else PROXY
+    if not (Path(out_dir) / folder).is_dir():
+        raise InputError(f"{out_dir} holds no screening results (no {folder}/ folder)")
+    got = read_stage(out_dir, folder, manifest=read_manifest(out_dir))
+    if not partial and got.status.complete is False:
+        raise InputError(f"{out_dir} is an unfinished screen: {got.status.describe()}; rerun the screen command to "
+                         f"finish it")  # fmt: skip
+    if got.table is None:
+        df = pd.DataFrame({"prompt_id": pd.Series(dtype=str), "prompt": pd.Series(dtype=str),
+                           "seed": pd.Series(dtype="int64"), "stability": pd.Series(dtype="float64")})  # fmt: skip
+    else:
+        df = got.table.to_pandas().sort_values(["prompt_id", "seed"], kind="stable").reset_index(drop=True)
+    df.attrs.update({k: v for k, v in got.status.as_dict().items() if k != "rows"})
+    return df
 
 
 def _ranked_stage(out_dir) -> str:
@@ -54,11 +76,17 @@ def _ranked_stage(out_dir) -> str:
     return "proxy" if (manifest.get("run") or {}).get("proxy_steps") else "scores"
 
 
-def seed_stats(out_dir, stage: str | None = None):
+def seed_stats(out_dir, stage: str | None = None, *, partial: bool = False):
     """Per seed across prompts: ``mean_stability``, ``std_stability``, ``mean_rank`` (its rank within each
-    prompt, 1 = most stable, averaged), ``best_rank``, ``prompts``; sorted by mean rank."""
+    prompt, 1 = most stable, averaged), ``best_rank``, ``prompts``; sorted by mean rank. A ranking of an unfinished
+    run (some prompts or seeds missing) is refused unless ``partial=True``; ``df.attrs`` as `load_scores`'."""
     pd = _pandas()
     df = load_scores(out_dir, stage or _ranked_stage(out_dir))
+    attrs = dict(df.attrs)
+    if attrs.get("complete") is False and not partial:
+        raise InputError(f"{out_dir} is an unfinished screen ({describe_incomplete(attrs) or 'incomplete'}): its "
+                         f"seeds cannot be ranked across prompts yet; rerun the screen command to finish it, or pass "
+                         f"--partial to rank what is there")  # fmt: skip
     if df.empty:
         raise InputError(f"{out_dir}: no finished shards yet")
     df = df.assign(rank=df.groupby("prompt_id")["stability"].rank(ascending=False, method="average"))
@@ -70,7 +98,9 @@ def seed_stats(out_dir, stage: str | None = None):
         "best_rank": g["rank"].min(),
         "prompts": g["stability"].count(),
     }).reset_index()  # fmt: skip
-    return stats.sort_values(["mean_rank", "seed"], kind="stable").reset_index(drop=True)
+    stats = stats.sort_values(["mean_rank", "seed"], kind="stable").reset_index(drop=True)
+    stats.attrs.update(attrs)
+    return stats
 
 
 def _rows(seeds, scores) -> list[dict]:
@@ -117,6 +147,7 @@ def write_summary(out_dir, info: dict, k: int = SUMMARY_K) -> dict:
         "settings_hash": manifest.get("settings_hash"),
         "cascade": manifest.get("run", {}).get("proxy_steps") and {
             "proxy_steps": manifest["run"]["proxy_steps"], "rescore_top": manifest["run"]["rescore_top"]},
+        "complete": df.attrs.get("complete") is not False and df_all.attrs.get("complete") is not False,
         "rows": int(len(df)),
         "rows_all_stages": int(len(df) + (len(df_all) if cascade else 0)),
         "prompts": len(prompts),
@@ -141,7 +172,7 @@ def markdown(summary: dict, k: int) -> str:
     lines = [
         f"# noisefast screen: {summary.get('model')}",
         "",
-        f"DDIM {s.get('steps')} + {s.get('inversion_steps')} steps, guidance {s.get('guidance_scale')} "
+        f"{s.get('steps')} + {s.get('inversion_steps')} steps, guidance {s.get('guidance_scale')} "
         f"(inversion {s.get('inversion_guidance_scale')}), {s.get('width')}×{s.get('height')}; "
         f"settings hash `{(summary.get('settings_hash') or '')[:16]}`",
         "",
@@ -167,17 +198,26 @@ def _num(v: float) -> str:
     return "nan" if v is None or not math.isfinite(v) else f"{v:.4f}"
 
 
-def print_seed_stats(out_dir, n: int = 10) -> str:
-    """The text ``noisefast screen --summary OUT`` prints (and ``OUT/seed_stats.csv`` is written)."""
+def print_seed_stats(out_dir, n: int = 10, *, partial: bool = False) -> str:
+    """The text ``noisefast screen --summary OUT`` prints (and ``OUT/seed_stats.csv`` is written); an unfinished run
+    is refused unless ``partial`` (then the first line says what is missing)."""
     from noisefast.atomic import atomic_path
 
-    stats = seed_stats(out_dir)
-    with atomic_path(Path(out_dir) / "seed_stats.csv") as tmp:
-        stats.to_csv(tmp, index=False)
+    stats = seed_stats(out_dir, partial=partial)
+    csv_path = Path(out_dir) / "seed_stats.csv"
+    try:
+        with atomic_path(csv_path) as tmp:
+            stats.to_csv(tmp, index=False)
+        where = f"all in {csv_path}"
+    except OutputError as e:  # a bank folder others own, a read-only mount: the statistics still print
+        where = f"{csv_path} not written ({e})"
     head = f"{'seed':>10} {'mean rank':>10} {'mean s':>8} {'std':>7} {'prompts':>7}"
     fmt = lambda r: (f"{int(r.seed):>10} {r.mean_rank:>10.2f} {r.mean_stability:>8.4f} {r.std_stability:>7.4f} "  # noqa: E731
                      f"{int(r.prompts):>7}")  # fmt: skip
-    lines = [f"{len(stats)} seeds ranked across prompts (1 = most stable); all in {Path(out_dir) / 'seed_stats.csv'}",
+    unfinished = stats.attrs.get("complete") is False
+    lines = [f"UNFINISHED RUN ({describe_incomplete(stats.attrs) or 'incomplete'}): ranks from the finished shards "
+             f"only"] if unfinished else []  # fmt: skip
+    lines += [f"{len(stats)} seeds ranked across prompts (1 = most stable); {where}",
              f"most stable {min(n, len(stats))}:", head] + [fmt(r) for r in stats.head(n).itertuples()]  # fmt: skip
     if len(stats) > n:
         lines += [f"least stable {min(n, len(stats) - n)}:", head] + [fmt(r) for r in stats.tail(min(n, len(stats) - n)).itertuples()]
@@ -188,4 +228,4 @@ def manifest_json(out_dir) -> str:
     return json.dumps(read_manifest(out_dir), indent=2)
 
 
-__all__ = ["load_scores", "per_prompt", "print_seed_stats", "seed_stats", "write_summary"]
+__all__ = ["load_scores", "per_prompt", "print_seed_stats", "run_status", "seed_stats", "write_summary"]

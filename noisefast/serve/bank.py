@@ -10,7 +10,9 @@ Contract (written by the screening job):
 of that prompt under the same settings (otherwise None: the server computes). With ``any_prompt``
 (`--bank-any-prompt`), `lookup_any` ranks seeds of an unseen prompt by their mean stability over the
 bank's prompts — worth it only where stability transfers across prompts (see bench/seed_transfer.py).
-The server reads only the path given on its command line, never one from a request.
+The server reads only the path given on its command line, never one from a request. Only shards that verify
+(row count and checksum: `noisefast.screen.integrity.read_stage`) are loaded; ``complete`` says whether the run
+was finished, and an unfinished bank answers `lookup` (exact for the seeds it holds) but not `lookup_any`.
 """
 
 from __future__ import annotations
@@ -32,11 +34,16 @@ class SeedBank:
         self.settings = {k: settings[k] for k in SETTINGS_KEYS}
         self.prompts = prompts  # prompt → (seeds sorted ascending int64, stability float64)
         self._any: tuple[np.ndarray, np.ndarray] | None = None
+        self.status = None  # issue 23: the screening folder's StageStatus (set by `load`)
+
+    @property
+    def complete(self) -> bool | None:
+        """Whether the screening run was finished (None: unknown, an older manifest); an unfinished bank still
+        answers a prompt it holds every requested seed of, but ranks no unseen prompt across its prompts."""
+        return None if self.status is None else self.status.complete
 
     @classmethod
     def load(cls, path) -> "SeedBank":
-        import pyarrow.parquet as pq
-
         root = Path(path)
         try:
             manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
@@ -46,24 +53,26 @@ class SeedBank:
         missing += [f"settings.{k}" for k in SETTINGS_KEYS if k not in manifest.get("settings", {})]
         if missing:
             raise InputError(f"--bank {root}: manifest.json lacks {', '.join(missing)}")
-        files = sorted((root / "scores").glob("*.parquet"))
-        if not files:
-            raise InputError(f"--bank {root}: no scores/*.parquet files")
+        # --- issue 23: the screening job's own reader — verified shards only, and how complete the run is ---
+        from noisefast.screen.integrity import read_stage
+
+        got = read_stage(root, "scores", columns=["prompt", "seed", "stability"], manifest=manifest)
+        if got.table is None:
+            raise InputError(f"--bank {root}: no verified scores/*.parquet files"
+                             + (f" ({got.status.describe()})" if got.status.bad else ""))  # fmt: skip
         parts: dict[str, list] = {}
-        for f in files:
-            try:
-                t = pq.read_table(f, columns=["prompt", "seed", "stability"])
-            except Exception as e:  # pyarrow raises several types for a bad file
-                raise InputError(f"--bank {f}: cannot read it as Parquet with prompt, seed, stability ({e})") from None
-            d = t.to_pydict()
-            for p, s, v in zip(d["prompt"], d["seed"], d["stability"]):
-                parts.setdefault(p, []).append((int(s), float("nan") if v is None else float(v)))
+        d = got.table.to_pydict()
+        for p, s, v in zip(d["prompt"], d["seed"], d["stability"]):
+            parts.setdefault(p, []).append((int(s), float("nan") if v is None else float(v)))
+        # --- end issue 23 ---
         prompts = {}
         for p, rows in parts.items():
             by_seed = dict(rows)  # a seed written twice (a resumed shard): the last value wins
             seeds = np.fromiter(sorted(by_seed), dtype=np.int64, count=len(by_seed))
             prompts[p] = (seeds, np.array([by_seed[int(s)] for s in seeds], dtype=np.float64))
-        return cls(str(manifest["model"]), manifest["settings"], prompts)
+        bank = cls(str(manifest["model"]), manifest["settings"], prompts)
+        bank.status = got.status  # issue 23: complete / shards_missing / untrusted files (StageStatus)
+        return bank
 
     def __len__(self) -> int:
         return sum(len(s) for s, _ in self.prompts.values())
@@ -79,7 +88,7 @@ class SeedBank:
 
     def lookup_any(self, seeds: list[int], settings) -> torch.Tensor | None:
         """Each seed's mean stability over the bank's prompts (prompt-agnostic ranking), or None."""
-        if not self.matches(settings) or not self.prompts:
+        if not self.matches(settings) or not self.prompts or self.complete is False:
             return None
         if self._any is None:
             all_seeds = np.unique(np.concatenate([s for s, _ in self.prompts.values()]))

@@ -10,8 +10,10 @@ oldest row is oldest goes first, so no group starves another. Optimize/generate 
 are *tasks*: they run on the same thread, in the same oldest-first order.
 
 Results reach the event loop through ``loop.call_soon_threadsafe``. A request that times out or whose
-client disconnects is cancelled: its rows still queued are dropped before they reach the UNet. A batch
-that raises is retried request by request, so a bad request fails alone and its batch-mates succeed.
+client disconnects is cancelled: its rows still queued are dropped before they reach the UNet, and its rows
+in the running batch leave it at the next UNet call — a batch or task with nothing left to do stops there
+(`noisefast.serve.cancel`). A batch that raises is retried request by request, so a bad request fails alone
+and its batch-mates succeed.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 
 from noisefast.batching import Row, split_scores
 from noisefast.errors import NoisefastError
+from noisefast.serve.cancel import Cancelled, Watch, Watched
 
 
 class QueueFull(NoisefastError):
@@ -56,10 +59,15 @@ class _Work:
     future: asyncio.Future
     enqueued: float = field(default_factory=time.monotonic)
     cancelled: bool = False
+    abandoned: bool = False  # its waiter stopped waiting (timeout, disconnect)
 
     def resolve(self, value=None, error: BaseException | None = None) -> None:
         def put():
-            if not self.future.done():
+            if self.future.done():
+                return
+            if self.abandoned:  # nobody waits for it (504, client gone): no "exception never retrieved"
+                self.future.cancel()
+            else:
                 self.future.set_exception(error) if error is not None else self.future.set_result(value)
 
         try:
@@ -108,6 +116,7 @@ class Batcher:
         self._serial = itertools.count()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._watch = Watch()  # what the model's thread runs: cancelled rows leave it at the next UNet call
         self.rows_done = 0
         self.batches_done = 0
 
@@ -199,11 +208,16 @@ class Batcher:
                                          return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
             if work.future in done:
                 return work.future.result()
+            work.abandoned = True
             self.cancel(work)
-            if gone is not None and gone in done:
+            reason = "disconnect" if gone is not None and gone in done else "timeout"
+            if self.metrics is not None:
+                self.metrics.cancelled.labels(reason).inc()
+            if reason == "disconnect":
                 raise ClientGone("the client disconnected")
-            raise RequestTimeout(f"the request did not finish within {timeout:g} s")
+            raise RequestTimeout(f"the request did not finish within {timeout:g} s (--timeout); its work was stopped")
         except asyncio.CancelledError:
+            work.abandoned = True
             self.cancel(work)
             raise
         finally:
@@ -212,6 +226,7 @@ class Batcher:
 
     # --- the worker thread -------------------------------------------------------------------------------
     def _loop(self) -> None:
+        self._watch.owner = threading.get_ident()
         while True:
             with self._cv:
                 while not (self._incoming or self._tasks or self._queued_rows or self._stopping):
@@ -303,7 +318,14 @@ class Batcher:
         scorer = self._scorers.get(g)
         if scorer is None:
             scorer = self._scorers[g] = self.engine.scorer(settings)
+            if scorer.chain is None:  # an eager chain: each UNet call asks which rows are still wanted
+                scorer.den = Watched(scorer.den, self._watch)
         return scorer
+
+    def _run_rows(self, g, settings, rows: list[Row]) -> torch.Tensor:
+        scorer = self._scorer(g, settings)
+        with self._watch.rows(scorer._padded([r.key for r in rows]), scorer.buckets):
+            return scorer(rows)
 
     def _score(self, g, taken: list[tuple[ScoreRequest, int]]) -> None:
         if not taken:
@@ -311,24 +333,29 @@ class Batcher:
         rows = [Row(req.serial, req, req.cond, seed) for req, seed in taken]
         t = time.perf_counter()
         try:
-            scores, error = self._scorer(g, taken[0][0].settings)(rows), None
+            scores, error = self._run_rows(g, taken[0][0].settings, rows), None
         except Exception as e:
             scores, error = None, e
         self.rows_done += len(rows)  # counted before any answer goes out
         self.batches_done += 1
+        left = sum(r.key.cancelled for r in rows)  # cancelled while their batch ran: they left it
         if self.metrics is not None:
             self.metrics.observe_batch(len(rows), time.perf_counter() - t)
+            self.metrics.rows_left.inc(left)
+            if isinstance(error, Cancelled):
+                self.metrics.aborted.labels("batch").inc()
         if error is None:
             self._deliver(rows, scores)
             return
-        reqs = list(dict.fromkeys(r.key for r in rows))
-        if len(reqs) == 1:
-            self._fail(reqs[0], error)
+        reqs = [q for q in dict.fromkeys(r.key for r in rows) if not q.cancelled]
+        if isinstance(error, Cancelled) or len(reqs) <= 1:
+            for req in reqs or dict.fromkeys(r.key for r in rows):
+                self._fail(req, error)
             return
         for req in reqs:  # find the culprit: each request's rows alone; the others still get their scores
             mine = [r for r in rows if r.key is req]
             try:
-                self._deliver(mine, self._scorer(g, req.settings)(mine))
+                self._deliver(mine, self._run_rows(g, req.settings, mine))
             except Exception as e:
                 self._fail(req, e)
 
@@ -352,8 +379,12 @@ class Batcher:
         if task.cancelled:
             return
         try:
-            task.resolve(task.fn(lambda: task.cancelled))
+            with self._watch.task(task, self.engine):
+                result = task.fn(lambda: task.cancelled)
+            task.resolve(result)
         except Exception as e:
+            if task.cancelled and self.metrics is not None:
+                self.metrics.aborted.labels("task").inc()
             task.resolve(error=e)
 
 

@@ -7,6 +7,9 @@
     noisefast_batch_seconds                         seconds per UNet batch (histogram)
     noisefast_rows_total / noisefast_rows_dropped_total   rows scored / dropped (cancelled before the UNet)
     noisefast_rows_per_second                       rows scored over the last 10 s, per second
+    noisefast_requests_cancelled_total{reason}      requests stopped: timeout (504) or disconnect
+    noisefast_rows_left_total                       rows that left a running batch (their request cancelled)
+    noisefast_work_aborted_total{kind}              batches / tasks stopped at a UNet call (nothing left wanted)
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ class Metrics:
         self.rows_per_second = Gauge("noisefast_rows_per_second", f"rows scored per second over the last "
                                      f"{RATE_WINDOW_S:g} s", registry=r)  # fmt: skip
         self.rows_per_second.set_function(self._rate)
+        self.cancelled = Counter("noisefast_requests_cancelled", "requests stopped by a timeout or a disconnect",
+                                 ["reason"], registry=r)  # fmt: skip
+        self.rows_left = Counter("noisefast_rows_left", "rows that left a running batch (request cancelled)", registry=r)
+        self.aborted = Counter("noisefast_work_aborted", "batches or tasks stopped at a UNet call", ["kind"], registry=r)
         self.ready = Gauge("noisefast_ready", "1 once the model is loaded and warm", registry=r)
         self._recent: deque[tuple[float, int]] = deque()
         self._lock = threading.Lock()

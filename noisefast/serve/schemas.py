@@ -1,74 +1,75 @@
-"""The HTTP API's request and response bodies (pydantic v2): what /openapi.json documents.
+"""The HTTP API's answer bodies (pydantic v2) and the strict scalar types the requests are built from.
 
-Requests refuse unknown fields (a typo such as ``"seed"`` for ``"seeds"`` is a 422 naming it, never a
-silently ignored option). The service limits (`Limits`: seeds per request, steps, image side, iterations)
-are checked by `check_limits` after parsing, so the configured values name the field in the 422 too.
+The request bodies themselves depend on the running server's limits (``--max-seeds 64`` is ``maxItems: 64``
+in /openapi.json): `noisefast.serve.inputs.request_models` builds them from these types.
+
+Strict scalars (what JSON says is what the field gets — no lax coercion):
+
+- `Int`: a JSON integer (an integral float such as ``3.0`` is the integer 3, as JSON Schema counts it);
+  never a boolean (``true`` is not seed 1), never a string (``"3"`` is not 3), never 3.5 or ``1e400``;
+- `Float`: a finite JSON number (``NaN``, ``Infinity`` and ``1e400`` — which Python's JSON parser reads as
+  infinity — are refused); never a boolean or a string;
+- `Bool`: ``true`` or ``false`` only (``"yes"`` and ``1`` are refused);
+- `Text`: a string of valid Unicode (a lone surrogate such as ``"\\ud800"`` is refused).
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+import math
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from noisefast.defaults import DEFAULT_NUM_CANDIDATES
-
-from noisefast.params import OPTIMIZE, SEED_LIMIT
-
-Seed = Annotated[int, Field(ge=0, lt=SEED_LIMIT)]
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
+from pydantic_core import PydanticCustomError
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def _strict_int(v: Any) -> Any:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise PydanticCustomError("int_type", "Input should be a valid integer (not a {kind})",
+                                  {"kind": _json_kind(v)})  # fmt: skip
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise PydanticCustomError("finite_number", "Input should be a finite number")
+        if not v.is_integer():
+            raise PydanticCustomError("int_from_float", "Input should be a valid integer, got a number with a "
+                                      "fractional part")  # fmt: skip
+        return int(v)
+    return v
 
 
-class SeedRange(Strict):
-    """``range(start, stop)``: stop exclusive."""
-
-    start: Seed = 0
-    stop: Annotated[int, Field(ge=1, le=SEED_LIMIT)]
-
-    @model_validator(mode="after")
-    def _ordered(self):
-        if self.stop <= self.start:
-            raise ValueError(f"stop ({self.stop}) must be greater than start ({self.start}); stop is exclusive")
-        return self
+def _valid_unicode(v: str) -> str:
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise PydanticCustomError("unicode", "Input should be valid Unicode text (a lone surrogate at index "
+                                  "{index})", {"index": e.start}) from None  # fmt: skip
+    return v
 
 
-class SettingsIn(Strict):
-    """Per-request sampling settings; what is not given comes from the model's defaults."""
-
-    height: Annotated[int, Field(ge=1)] | None = None
-    width: Annotated[int, Field(ge=1)] | None = None
-    steps: Annotated[int, Field(ge=1)] | None = None
-    inversion_steps: Annotated[int, Field(ge=1)] | None = None
-    guidance_scale: Annotated[float, Field(allow_inf_nan=False)] | None = None
-    inversion_guidance_scale: Annotated[float, Field(allow_inf_nan=False)] | None = None
-
-    def overrides(self) -> dict:
-        return {k: v for k, v in self.model_dump().items() if v is not None}
+def _json_kind(v: Any) -> str:
+    return {bool: "boolean", str: "string", list: "array", dict: "object", type(None): "null"}.get(type(v), type(v).__name__)
 
 
-Prompt = Annotated[str, Field(min_length=1, max_length=2000)]
+def IntIn(**field) -> type:
+    """`Int` with pydantic ``Field`` keywords (bounds, description). The JSON schema states the bounds as exact
+    integers (pydantic would write them as floats, and 2**63 − 4 as a float is 2**63)."""
+    bounds = {key: field[k] for k, key in (("ge", "minimum"), ("le", "maximum"), ("gt", "exclusiveMinimum"),
+                                           ("lt", "exclusiveMaximum")) if k in field}  # fmt: skip
+    extra = field.pop("json_schema_extra", None) or {}
+    return Annotated[int, Field(**field, json_schema_extra={**bounds, **extra}), BeforeValidator(_strict_int)]
 
 
-class ScoreIn(Strict):
-    prompt: Prompt
-    seeds: list[Seed] | SeedRange = Field(default_factory=lambda: SeedRange(start=0, stop=DEFAULT_NUM_CANDIDATES),
-                                          description=f"a list of seeds or {{start, stop}} (default "
-                                                      f"0..{DEFAULT_NUM_CANDIDATES - 1})")  # fmt: skip
-    negative_prompt: Annotated[str, Field(max_length=2000)] | None = None
-    settings: SettingsIn = Field(default_factory=SettingsIn)
-
-    def seed_list(self) -> list[int]:
-        s = self.seeds
-        return list(range(s.start, s.stop)) if isinstance(s, SeedRange) else list(s)
-
-    def seed_count(self) -> int:
-        s = self.seeds
-        return s.stop - s.start if isinstance(s, SeedRange) else len(s)
+def TextIn(**field) -> type:
+    """`Text` with pydantic ``Field`` keywords (``min_length``, ``max_length``, description)."""
+    return Annotated[str, Field(strict=True, **field), AfterValidator(_valid_unicode)]
 
 
+Int = IntIn()
+Float = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Bool = Annotated[bool, Field(strict=True)]
+Text = TextIn()
+
+
+# --- answers ---------------------------------------------------------------------------------------------------
 class Timings(BaseModel):
     score_s: float | None = None
     seeds_per_s: float | None = None
@@ -99,21 +100,6 @@ class SelectOut(ScoreOut):
     source: str  # "computed" | "bank" | "bank-any-prompt"
 
 
-_O = OPTIMIZE
-
-
-class OptimizeIn(Strict):
-    prompt: Prompt
-    seed: Seed
-    iterations: Annotated[int, Field(ge=_O["iterations"].lo, le=_O["iterations"].hi)] = _O["iterations"].default
-    lr: Annotated[float, Field(ge=_O["lr"].lo, le=_O["lr"].hi, allow_inf_nan=False)] | None = None
-    momentum: Annotated[float, Field(ge=_O["momentum"].lo, le=_O["momentum"].hi)] = _O["momentum"].default
-    target: Annotated[float, Field(ge=_O["target"].lo, le=_O["target"].hi)] | None = None
-    renorm: bool | None = None
-    negative_prompt: Annotated[str, Field(max_length=2000)] | None = None
-    settings: SettingsIn = Field(default_factory=SettingsIn)
-
-
 class OptimizeOut(BaseModel):
     """`noisefast.workflows.OptimizeReport.as_dict` and the noise."""
 
@@ -130,22 +116,6 @@ class OptimizeOut(BaseModel):
     noise_format: str = "safetensors+base64"
 
 
-class GenerateIn(Strict):
-    prompt: Prompt
-    seed: Seed | None = None
-    noise: Annotated[str, Field(max_length=64_000_000)] | None = Field(
-        None, description="base64 safetensors holding one tensor [1, C, H, W] or [C, H, W] (or the 'best' "
-                          "tensor of an /v1/optimize answer)")  # fmt: skip
-    negative_prompt: Annotated[str, Field(max_length=2000)] | None = None
-    settings: SettingsIn = Field(default_factory=SettingsIn)
-
-    @model_validator(mode="after")
-    def _one_source(self):
-        if (self.seed is None) == (self.noise is None):
-            raise ValueError("give exactly one of seed or noise")
-        return self
-
-
 class GenerateOut(BaseModel):
     """`noisefast.workflows.GenerateReport.as_dict` and the image."""
 
@@ -159,9 +129,35 @@ class GenerateOut(BaseModel):
     format: str = "png"
 
 
+class ReadyOut(BaseModel):
+    ready: bool
+    model: str
+
+
+class HealthOut(BaseModel):
+    status: str
+
+
+class Problem(BaseModel):
+    """One thing wrong with a request."""
+
+    type: str = Field(description="what kind of problem: a pydantic error type (int_type, finite_number, missing, "
+                                  "extra_forbidden, less_than_equal, …) or one of json_invalid, body_encoding, "
+                                  "content_type, body_too_large, body_timeout, headers_too_large, unauthorized, "
+                                  "limit, cost_limit, engine, queue_full, timeout, shutting_down, not_found, "
+                                  "method_not_allowed")  # fmt: skip
+    loc: list[str | int] = Field(description="where: [\"body\", \"settings\", \"steps\"], [\"body\", \"seeds\", 3], "
+                                             "[\"header\", \"authorization\"], or [] when nothing in particular")  # fmt: skip
+    msg: str = Field(description="one line naming the field or limit and what was wrong")
+    input: str | None = Field(None, description="a short excerpt (≤ 80 characters) of the offending value")
+
+
 class ErrorOut(BaseModel):
-    detail: str | list
+    """Every 4xx/5xx body this server writes: ``error`` is the first problem, ``errors`` all of them (≤ 20)."""
+
+    error: Problem
+    errors: list[Problem]
 
 
-__all__ = ["ErrorOut", "GenerateIn", "GenerateOut", "OptimizeIn", "OptimizeOut", "ScoreIn", "ScoreOut", "SeedRange",
-           "SelectOut", "SettingsIn"]  # fmt: skip
+__all__ = ["Bool", "ErrorOut", "Float", "GenerateOut", "HealthOut", "Int", "IntIn", "OptimizeOut", "Problem", "ReadyOut",
+           "ScoreOut", "SelectOut", "Text", "TextIn", "Timings"]  # fmt: skip
