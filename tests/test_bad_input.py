@@ -5,7 +5,6 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -68,9 +67,13 @@ def _digits_with(tmp_path, card=None, scheduler=None):
 
 def _sdxl_unet_config(tmp_path):
     """A pipeline folder holding only the full-size SDXL UNet config (what export's size check reads)."""
+    from noisefast.bench.models import (
+        sdxl_unet_config,  # the package's copy of it: no checkout beside this one needed
+    )
+
     folder = tmp_path / "sdxl"
     (folder / "unet").mkdir(parents=True)
-    shutil.copy(Path(__file__).resolve().parents[2] / "shared/models/sdxl-base-1.0/unet/config.json", folder / "unet")
+    (folder / "unet" / "config.json").write_text(json.dumps(sdxl_unet_config()))
     (folder / "model_index.json").write_text('{"_class_name": "StableDiffusionXLPipeline"}')
     return str(folder)
 

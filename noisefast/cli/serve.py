@@ -84,6 +84,7 @@ def uvicorn_options(config) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from noisefast.cli import raise_if_interrupted
     from noisefast.errors import InputError
 
     try:
@@ -96,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--bank-any-prompt needs --bank")
     config = config_from_args(args)
     app = create_app(config)
+    raise_if_interrupted()  # a Ctrl-C held back during the imports: before uvicorn takes Ctrl-C over
     uvicorn.run(app, **uvicorn_options(config), host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=args.graceful_timeout)  # fmt: skip
     return 0
