@@ -156,10 +156,12 @@ def test_scoring_tiny_sdxl_all_users_agree(tmp_path):
     rc, r, md = bench(tmp_path, "scoring", "--quick", "--seeds", "0:2", "--rounds", "1", "--threads", "1")
     assert rc == 0 and not r["errors"], r["errors"]
     res = r["results"]
-    assert set(res["noises_per_second"]) == {"noisefast", "diffusers pipeline per seed", "diffusers pipeline batched",
-                                            "diffusers UNet loop per seed", "diffusers UNet loop batched"}
+    # noisefast runs the default backend (auto); eager torch is timed beside it in the same rounds
+    assert set(res["noises_per_second"]) == {"noisefast", "noisefast [torch]", "diffusers pipeline per seed",
+                                            "diffusers pipeline batched", "diffusers UNet loop per seed",
+                                            "diffusers UNet loop batched"}  # fmt: skip
     assert res["scores_agree"] and res["strongest_baseline"] in res["baselines"]
-    assert r["engine"]["model"] == "arch:tiny" and r["engine"]["backend"] == "torch"
+    assert r["engine"]["model"] == "arch:tiny" and r["engine"]["backend"] == "auto"
     assert r["options"]["settings"]["steps"] == 1 and r["options"]["seeds"] == [0, 1]
     assert "noisefast vs the strongest baseline" in md
 
@@ -169,9 +171,9 @@ def test_scoring_pixel_model_through_the_unet_loop(tmp_path, capsys):
     rc, r, _ = bench(tmp_path, "scoring", "--model", "builtin:digits", "--quick", "--seeds", "0:3", "--rounds", "1",
                      "--users", "batched", "--steps", "2", "--inversion-steps", "2", "--threads", "1")  # fmt: skip
     assert rc == 0 and r["results"]["scores_agree"] and r["options"]["through"] == ["unet"]
-    assert list(r["results"]["noises_per_second"]) == ["diffusers UNet loop batched", "noisefast"]
+    assert list(r["results"]["noises_per_second"]) == ["diffusers UNet loop batched", "noisefast", "noisefast [torch]"]
     assert main(["bench", "scoring", "--model", "builtin:digits", "--through", "pipeline"]) == 2
-    assert main(["bench", "scoring", "--variants", "torch"]) == 2
+    assert main(["bench", "scoring", "--variants", "auto"]) == 2  # the engine measured already (the default backend)
     assert main(["bench", "scoring", "--model", "arch:huge"]) == 2
     err = capsys.readouterr().err
     assert "no diffusers pipeline" in err and "that is the engine measured already" in err and "arch:tiny" in err

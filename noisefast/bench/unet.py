@@ -74,7 +74,8 @@ def unet_calls(run, engine, dens: dict, cond, *, resolutions, batches, iters: in
                 if deadline - time.perf_counter() <= 0:
                     raise _Skip("time budget spent before this configuration")
                 if px not in flops:
-                    eager = dens.get("torch") or engine.den
+                    # counted on eager torch (an exported backend's ops are not torch's: auto's own eager candidate)
+                    eager = dens.get("torch") or getattr(engine.den, "autograd", None) or engine.den
                     flops[px] = tuple(count_flops(eager, *inputs(n, px), cond) for n in (1, 2))
                 x, t = inputs(b, px)
                 with torch.inference_mode():

@@ -172,7 +172,8 @@ def backend_line(info: dict) -> str:
         ms, chosen = d.get("ms_per_call") or {}, d["chosen"]
         others = ", ".join(f"{n} {v:.1f}" for n, v in ms.items() if n != chosen and v is not None)
         mine = f" {ms[chosen]:.1f} ms/call" if ms.get(chosen) is not None else ""
-        parts.append(f"{chosen} at ≤{d['shape']['rows_bucket']} rows{mine}" + (f" ({others})" if others else ""))
+        where = f" at ≤{d['shape']['rows_bucket']} rows" if d.get("shape") else ""  # no shape: one choice for all
+        parts.append(f"{chosen}{where}{mine}" + (f" ({others})" if others else ""))
         sources.add({"cache": "decided from the cache", "measured": "measured now"}.get(d.get("source"), d.get("source")))
     if not parts:
         return "backend auto: no UNet call yet"

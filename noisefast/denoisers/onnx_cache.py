@@ -25,7 +25,10 @@ FULL_HASH_BYTES = 256 << 20  # exports smaller than this are re-hashed before re
 def ort_export_options(unet: torch.nn.Module) -> dict:
     """How the onnxruntime backend (and ``auto``) exports a model: in the UNet's dtype, any latent size (the
     dynamic height/width costs ONNX Runtime nothing), traced at a small latent — the smallest the UNet's
-    downsampling takes times 8, at most its own size: SDXL's traces at 32² instead of 128² (a 1024² forward)."""
+    downsampling takes times 8, at most its own size: SDXL's traces at 32² instead of 128² (a 1024² forward).
+    An SD3 transformer (no down blocks) traces at the export's default size."""
+    if not unet.config.get("block_out_channels"):
+        return {"dtype": unet.dtype, "dynamic_hw": True}
     levels = len(unet.config.block_out_channels)
     size = unet.config.sample_size
     trace = min(size, 8 * 2 ** (levels - 1)) if isinstance(size, int) else size
