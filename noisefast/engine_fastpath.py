@@ -67,6 +67,31 @@ def make_engine_denoiser(unet, backend: str, fast_path: FastPathOptions | None, 
     return make_denoiser(prepare_unet(unet, fast_path), backend, **options)
 
 
+def warm_up_backend(engine, s) -> int:
+    """One denoiser call per rows bucket a batch of settings ``s`` can make — every power of two up to twice the
+    batch size (a CFG call stacks both halves) — so that ``auto`` decides (or reads its cached decision for) each
+    call shape now, not inside a request whose timeout it would outlast. Returns the calls made (0 when the
+    denoiser measures nothing: not ``auto``)."""
+    import torch
+
+    from noisefast.denoisers.base import Condition
+
+    if not hasattr(engine.den, "decisions"):
+        return 0
+    cond = engine.condition("", settings=s)
+    halves = [cond.positive()] + ([cond.negative()] if cond.negative_prompt_embeds is not None else [])
+    shape = engine.model.arch.latent_shape(s.height, s.width)
+    rows, calls = 1, 0
+    with torch.inference_mode():
+        while rows <= 2 * engine.batch_size_for(s):
+            c = (Condition.concat([h.expand(rows // 2) for h in halves]) if len(halves) == 2 and rows >= 2
+                 else halves[-1].expand(rows))  # fmt: skip
+            x = torch.randn(rows, *shape, device=engine.device, dtype=engine.dtype)
+            engine.den(x, torch.full((rows,), 500, dtype=torch.long, device=engine.device), c)
+            rows, calls = rows * 2, calls + 1
+    return calls
+
+
 def backend_info(den, backend: str, auto_excluded: dict[str, str] | None = None) -> dict:
     """What runs the UNet: for ``auto`` every decision so far (chosen backend, ms per call of each candidate, why
     others were excluded: `AutoDenoiser.describe`); for a fixed backend its name (and ONNX Runtime's threads).

@@ -270,6 +270,12 @@ class _AutocastDenoiser:
             raise AttributeError(name)
         return getattr(self.den, name)
 
+    @property
+    def autograd(self):
+        """The wrapped backend's gradient path (auto, ONNX Runtime: the torch UNet) under the same autocast."""
+        inner = getattr(self.den, "autograd", None)
+        return None if inner is None else _AutocastDenoiser(inner, self.autocast_dtype)
+
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:  # [B, C, H, W]
         with torch.autocast(x.device.type, dtype=self.autocast_dtype):
             out = self.den(x, t, cond)

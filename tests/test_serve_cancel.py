@@ -26,6 +26,15 @@ class SlowDenoiser:
     def __getattr__(self, name):
         return getattr(self.den, name)
 
+    @property
+    def autograd(self):  # the backend's gradient path (auto, ONNX Runtime: the torch UNet) held up the same way
+        inner = getattr(self.den, "autograd", None)
+        if inner is None:
+            return None
+        twin = SlowDenoiser(inner)
+        twin.calls, twin.lock = self.calls, self.lock
+        return twin
+
     def __call__(self, x, t, cond):
         start = time.monotonic()
         time.sleep(CALL_S)
@@ -37,6 +46,9 @@ class SlowDenoiser:
 
 @pytest.fixture
 def slow(engine, monkeypatch):
+    from noisefast.engine_fastpath import warm_up_backend
+
+    warm_up_backend(engine, engine.settings())  # auto's decisions taken first, as the server's warm-up does
     den = SlowDenoiser(engine.den)
     monkeypatch.setattr(engine, "den", den)
     return den
@@ -112,3 +124,12 @@ def test_optimize_timeout_frees_the_model_within_one_unet_call(engine, slow):
     r, answered, aborted = run(go())
     assert r.status_code == 504 and aborted == 1
     assert max(end for _, end, _ in slow.calls) <= answered + CALL_S + 0.2, slow.calls
+
+
+def test_warm_up_decides_every_rows_bucket_before_the_first_request(engine):
+    """backend auto: the server's warm-up takes the decision of every call shape a batch can make (1 … 2 × batch
+    rows, CFG stacking both halves), so no request runs a measurement."""
+    from noisefast.engine_fastpath import warm_up_backend
+
+    calls = warm_up_backend(engine, engine.settings(batch_size=8))
+    assert calls == 5 and {1, 2, 4, 8, 16} <= {d.shape["rows_bucket"] for d in engine.den.decisions.values()}

@@ -88,6 +88,13 @@ class Watched:
     def __getattr__(self, name):
         return getattr(self.den, name)
 
+    @property
+    def autograd(self):
+        """The wrapped backend's gradient path (`noisefast.denoisers.base.autograd_denoiser`: a checkpointed step's
+        backward, e.g. under ``auto`` or ONNX Runtime), watched as well; None when the forward is already torch's."""
+        inner = getattr(self.den, "autograd", None)
+        return None if inner is None else Watched(inner, self.watch)
+
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond):
         live = self.watch.live(x.shape[0])
         if live is None:

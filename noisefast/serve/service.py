@@ -107,6 +107,14 @@ class Service:
 
     async def warm_up(self) -> None:
         if self.config.warmup:
+            import asyncio
+
+            from noisefast.engine_fastpath import warm_up_backend
+
+            # backend auto: every rows bucket decided (or read from the cache) before the first request, so no
+            # request pays for a measurement its timeout cannot stop
+            s = self.engine.settings(batch_size=self.config.engine.batch_size)
+            await asyncio.get_running_loop().run_in_executor(None, warm_up_backend, self.engine, s)
             await self.batcher.score("warm-up", [0], self.engine.settings(batch_size=self.config.engine.batch_size),
                                      timeout=600)  # fmt: skip
         self.ready = True
