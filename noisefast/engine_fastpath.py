@@ -84,8 +84,8 @@ def warm_up_backend(engine, s) -> int:
     rows, calls = 1, 0
     with torch.inference_mode():
         while rows <= 2 * engine.batch_size_for(s):
-            c = (Condition.concat([h.expand(rows // 2) for h in halves]) if len(halves) == 2 and rows >= 2
-                 else halves[-1].expand(rows))  # fmt: skip
+            two = len(halves) == 2 and rows >= 2
+            c = Condition.concat([h.expand(rows // 2) for h in halves]) if two else halves[-1].expand(rows)
             x = torch.randn(rows, *shape, device=engine.device, dtype=engine.dtype)
             engine.den(x, torch.full((rows,), 500, dtype=torch.long, device=engine.device), c)
             rows, calls = rows * 2, calls + 1

@@ -69,9 +69,8 @@ class Engine:
         self.model, self.config = model, config
         self.threads = apply_threads(config, model)  # torch's thread count is process-wide
         self.fast_path = usable_fast_path(config.fast_path, model.device)  # CUDA-only pieces off (one warning)
-        # UNet (any backend, auto by default) or SD3/FLUX transformer
         self.den = model.arch.make_denoiser(config.backend, self.fast_path, cache_dir=config.cache_dir,
-                                            threads=config.threads)  # fmt: skip
+                                            threads=config.threads)  # a UNet (any backend) or an SD3/FLUX transformer
         self._graphs = GraphCache(self) if self.fast_path is not None and self.fast_path.cuda_graph else None
         self.defaults: ModelDefaults = model.defaults
         self._conditions: OrderedDict[tuple, Condition] = OrderedDict()
@@ -111,17 +110,9 @@ class Engine:
     def dtype(self) -> torch.dtype:
         return self.model.dtype
 
-    @property
-    def kind(self) -> str:
-        return self.model.kind
-
-    @property
-    def backend(self) -> str:
-        return self.config.backend
-
-    @property
-    def batch_size(self) -> int | None:
-        return self.config.batch_size
+    kind = property(lambda self: self.model.kind, doc="the model's kind: 'sdxl', 'pixel', 'sd3' or 'flux'")
+    backend = property(lambda self: self.config.backend, doc="the configured backend (auto: see `backend_info`)")
+    batch_size = property(lambda self: self.config.batch_size, doc="configured rows per UNet batch (None: the model's)")
 
     def describe(self) -> dict:
         """The model and the engine configuration in effect (what reports, ``/v1/info`` and manifests record)."""

@@ -220,11 +220,11 @@ class AutoDenoiser:
         return den
 
     def _build(self, name: str, rows: int):
-        from noisefast.denoisers.backends import make_denoiser
-
         if name == "compile":
             self.artefacts["compile"] = {"inductor_cache": os.environ.get("TORCHINDUCTOR_CACHE_DIR")}
-            return make_denoiser(self.unet, "compile", cache_dir=self.root)
+            from noisefast.denoisers.compiled import CompiledDenoiser
+
+            return CompiledDenoiser(self.unet, cache_dir=self.root)
         if name in ("onnxruntime", ORT_ONE_THREAD):
             from noisefast.denoisers.onnx_cache import cached_export, ort_export_options
             from noisefast.denoisers.ort import OnnxRuntimeDenoiser
@@ -235,7 +235,9 @@ class AutoDenoiser:
                                       autograd=self.autograd)
             art.setdefault("threads", {})[name] = den.threads
             return den
-        return make_denoiser(self.unet, "tensorrt", cache_dir=self.root, profiles=((1, rows, rows),))
+        from noisefast.denoisers.exported import exported_denoiser
+
+        return exported_denoiser(self.unet, "tensorrt", cache_dir=self.root, profiles=((1, rows, rows),))
 
     # --- deciding --------------------------------------------------------------------------------------------
     def _key(self, shape: tuple) -> str:

@@ -25,24 +25,12 @@ onnxruntime, and to fp16 for tensorrt (whose engine is built for one latent size
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import torch
 
 from noisefast.config import BACKENDS
 from noisefast.denoisers.base import Denoiser
-from noisefast.denoisers.cache import cache_dir as cache_root
-from noisefast.errors import BackendUnavailableError
-
-
-def _is_onnx(ref) -> bool:
-    if not isinstance(ref, (str, os.PathLike)):
-        return False
-    from noisefast.denoisers.onnx_io import MODEL_FILE
-
-    p = Path(ref)
-    return p.suffix == ".onnx" or (p / MODEL_FILE).is_file()
+from noisefast.denoisers.exported import _is_onnx, exported_denoiser
+from noisefast.errors import BackendUnavailableError  # noqa: F401  (re-exported: callers catch it from here)
 
 
 def make_denoiser(unet_or_path, backend: str = "torch", *, export_dir=None, export_options: dict | None = None,
@@ -80,34 +68,5 @@ def make_denoiser(unet_or_path, backend: str = "torch", *, export_dir=None, expo
 
         return CompiledDenoiser(unet_or_path, cache_dir=cache_dir, **options)
 
-    if backend == "tensorrt":
-        from noisefast.denoisers.trt import TensorRTDenoiser, require_tensorrt
-
-        require_tensorrt()  # fail now, not after a minutes-long export
-        cls, default_export = TensorRTDenoiser, {"dtype": torch.float16}
-        if cache_dir is not None:
-            options.setdefault("cache_dir", cache_root(cache_dir) / "tensorrt")
-    else:
-        from noisefast.denoisers.ort import OnnxRuntimeDenoiser, _import_onnxruntime
-
-        _import_onnxruntime()
-        cls, default_export = OnnxRuntimeDenoiser, None
-    if _is_onnx(unet_or_path):
-        if export_dir is not None or export_options:
-            raise ValueError("export_dir/export_options apply only when exporting a model, not to an existing export")
-        return cls(unet_or_path, **options)
-
-    from noisefast.denoisers.onnx_cache import cached_export, ort_export_options
-    from noisefast.denoisers.onnx_export import export_unet_onnx, load_unet
-    from noisefast.denoisers.unet import UNetDenoiser
-
-    if not isinstance(unet_or_path, torch.nn.Module):
-        unet_or_path = load_unet(unet_or_path, dtype=options.pop("dtype", None), device=options.pop("device", None))
-    if default_export is None:
-        default_export = ort_export_options(unet_or_path)
-    export_options = {**default_export, **(export_options or {})}
-    if export_dir is not None:
-        path = export_unet_onnx(unet_or_path, export_dir, **export_options)
-    else:
-        path, _ = cached_export(unet_or_path, cache_root(cache_dir), export_options)
-    return cls(path, autograd=UNetDenoiser(unet_or_path), **options)
+    return exported_denoiser(unet_or_path, backend, export_dir=export_dir, export_options=export_options,
+                             cache_dir=cache_dir, **options)
