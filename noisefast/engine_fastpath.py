@@ -71,12 +71,12 @@ def warm_up_backend(engine, s) -> int:
     """One denoiser call per rows bucket a batch of settings ``s`` can make — every power of two up to twice the
     batch size (a CFG call stacks both halves) — so that ``auto`` decides (or reads its cached decision for) each
     call shape now, not inside a request whose timeout it would outlast. Returns the calls made (0 when the
-    denoiser measures nothing: not ``auto``)."""
+    denoiser measures nothing: not ``auto``, or eager torch its only candidate)."""
     import torch
 
     from noisefast.denoisers.base import Condition
 
-    if not hasattr(engine.den, "decisions"):
+    if getattr(engine.den, "candidates", ["torch"]) == ["torch"]:  # not auto, or nothing to choose from
         return 0
     cond = engine.condition("", settings=s)
     halves = [cond.positive()] + ([cond.negative()] if cond.negative_prompt_embeds is not None else [])
