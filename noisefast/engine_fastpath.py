@@ -81,9 +81,9 @@ def warm_up_backend(engine, s) -> int:
     cond = engine.condition("", settings=s)
     halves = [cond.positive()] + ([cond.negative()] if cond.negative_prompt_embeds is not None else [])
     shape = engine.model.arch.latent_shape(s.height, s.width)
-    rows, calls = 1, 0
+    rows, calls, most = 1, 0, 2 * engine.batch_size_for(s)
     with torch.inference_mode():
-        while rows <= 2 * engine.batch_size_for(s):
+        while rows <= most:
             two = len(halves) == 2 and rows >= 2
             c = Condition.concat([h.expand(rows // 2) for h in halves]) if two else halves[-1].expand(rows)
             x = torch.randn(rows, *shape, device=engine.device, dtype=engine.dtype)

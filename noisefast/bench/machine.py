@@ -10,7 +10,6 @@ warning when other work was running: a run is *busy* when the 1-minute load befo
 from __future__ import annotations
 
 import datetime
-import importlib.metadata
 import os
 import platform
 import shutil
@@ -18,17 +17,14 @@ import subprocess
 import time
 from pathlib import Path
 
+from noisefast.denoisers.cache import (  # one home for the CPU's name and package versions
+    cpu_name,
+    dist_version,
+)
+
 
 def now_iso() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def load_average() -> tuple[float, float, float] | None:
@@ -65,15 +61,8 @@ def gpu_info() -> dict | None:
 def machine_info() -> dict:
     import torch
 
-    return {"host": platform.node(), "platform": platform.platform(), "cpu": cpu_model(), "cores": os.cpu_count(),
+    return {"host": platform.node(), "platform": platform.platform(), "cpu": cpu_name(), "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "gpu": gpu_info()}  # fmt: skip
-
-
-def _version(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def git_commit() -> str | None:
@@ -95,7 +84,7 @@ def versions() -> dict:
     from noisefast import _ext
 
     out = {"python": platform.python_version(), "torch": torch.__version__}
-    out |= {m: _version(m) for m in ("diffusers", "transformers", "numpy", "noisefast", "onnxruntime", "ray")}
+    out |= {m: dist_version(m) for m in ("diffusers", "transformers", "numpy", "noisefast", "onnxruntime", "ray")}
     out["git"] = git_commit()
     out["build"] = _ext.build_info()
     return out

@@ -121,10 +121,10 @@ def _ort_has_cuda() -> bool:
 
 
 def _export_cached(unet, root) -> bool:
-    from noisefast.denoisers.onnx_cache import export_is_intact, export_key, ort_export_options
+    from noisefast.denoisers.onnx_cache import export_folder, export_is_intact, ort_export_options
     from noisefast.denoisers.onnx_io import MODEL_FILE
 
-    return export_is_intact(root / "onnx" / export_key(unet, ort_export_options(unet))[:32] / MODEL_FILE)
+    return export_is_intact(export_folder(unet, root, ort_export_options(unet)) / MODEL_FILE)
 
 
 class AutoDenoiser:

@@ -73,17 +73,19 @@ def module_fingerprint(module: torch.nn.Module) -> str:
     return _FINGERPRINTS[module][1]
 
 
-def library_versions(*names: str) -> dict:
-    """Versions of torch, noisefast and the given distributions (None when one is not installed)."""
+def dist_version(distribution: str) -> str | None:
+    """The installed version of ``distribution`` (None when it is not installed)."""
     import importlib.metadata
 
-    def version(dist):
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            return None
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
-    return {"torch": torch.__version__, "noisefast": version("noisefast"), **{n: version(n) for n in names}}
+
+def library_versions(*names: str) -> dict:
+    """Versions of torch, noisefast and the given distributions (None when one is not installed)."""
+    return {"torch": torch.__version__, "noisefast": dist_version("noisefast"), **{n: dist_version(n) for n in names}}
 
 
 def device_identity(device: torch.device) -> dict:
@@ -96,6 +98,7 @@ def device_identity(device: torch.device) -> dict:
 
 
 def cpu_name() -> str:
+    """The processor's model name (Linux: /proc/cpuinfo), else what `platform` knows."""
     try:
         with open("/proc/cpuinfo") as f:
             return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
@@ -135,9 +138,8 @@ def use_inductor_cache(root: Path) -> Path:
 
     Inductor reads the variable whenever it opens its cache, so this takes effect for compilations that
     start afterwards (in this process and the processes it starts)."""
-    path = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / "inductor")))
-    return path
+    return Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / "inductor")))
 
 
-__all__ = ["ENV", "available_cores", "cache_dir", "cpu_name", "device_identity", "digest", "library_versions",
+__all__ = ["ENV", "available_cores", "cache_dir", "cpu_name", "device_identity", "digest", "dist_version", "library_versions",
            "module_fingerprint", "read_entry", "use_inductor_cache", "write_entry"]

@@ -41,6 +41,11 @@ def export_key(unet: torch.nn.Module, options: dict) -> str:
     return digest({"unet": module_fingerprint(unet), "options": opts, "versions": library_versions("onnx")})
 
 
+def export_folder(unet: torch.nn.Module, cache_root: Path, options: dict) -> Path:
+    """Where the cache keeps ``unet`` exported with ``options``: ``<cache>/onnx/<key>/``."""
+    return Path(cache_root) / "onnx" / export_key(unet, options)[:32]
+
+
 def export_is_intact(model_path: Path) -> bool:
     """Whether the export at ``model_path`` can be trusted (see the module docstring)."""
     from noisefast.denoisers.onnx_io import onnx_files, read_export_meta
@@ -66,7 +71,7 @@ def cached_export(unet: torch.nn.Module, cache_root: Path, options: dict | None 
     from noisefast.denoisers.onnx_io import MODEL_FILE
 
     options = dict(options or {})
-    folder = Path(cache_root) / "onnx" / export_key(unet, options)[:32]
+    folder = export_folder(unet, cache_root, options)
     if export_is_intact(folder / MODEL_FILE):
         return folder / MODEL_FILE, False
     if folder.exists():  # a damaged entry of ours: rebuilt, never trusted
@@ -74,4 +79,4 @@ def cached_export(unet: torch.nn.Module, cache_root: Path, options: dict | None 
     return export_unet_onnx(unet, folder, **options), True
 
 
-__all__ = ["FULL_HASH_BYTES", "cached_export", "export_is_intact", "export_key", "ort_export_options"]
+__all__ = ["FULL_HASH_BYTES", "cached_export", "export_folder", "export_is_intact", "export_key", "ort_export_options"]
